@@ -177,6 +177,9 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         self.keys = np.zeros(B, dtype=np.uint64)
         self.terminated = np.zeros(B, dtype=np.bool_)
         self.avail = np.zeros((B, N, self.n_actions), dtype=np.int32)
+        self._scratch_prev_health = np.zeros((B, U))
+        self._scratch_prev_shield = np.zeros((B, U))
+        self._scratch_int = np.zeros((B, U), dtype=np.int64)
         self._obs_cache: np.ndarray | None = None
         self._state_cache: np.ndarray | None = None
         self._frames: list[list[dict]] = [[] for _ in range(B)]
@@ -261,7 +264,8 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
                           self.episode_steps, self.death_tracker, self.last_action, self.static,
                           self.pathing_grid, ALLY_SPAWN[0], ALLY_SPAWN[1], self.step_mul,
                           float(self.move_amount), self._reward_params, reward, newly_terminated, won,
-                          timeout, dead)
+                          timeout, dead, self._scratch_prev_health, self._scratch_prev_shield,
+                          self._scratch_int)
         self.terminated |= newly_terminated
         ended = int(newly_terminated.sum())
         if ended:

@@ -79,21 +79,17 @@ def _settle(pathing, ox, oy, nx, ny):
 
 
 @numba.njit(cache=True)
-def _edge_distance(x, y, radius, b, u, v):
-    return np.hypot(x[b, v] - x[b, u], y[b, v] - y[b, u]) - radius[u] - radius[v]
+def _dist2(x, y, b, u, v):
+    dx = x[b, v] - x[b, u]
+    dy = y[b, v] - y[b, u]
+    return dx * dx + dy * dy
 
 
 @numba.njit(cache=True)
-def _closest_ally_within(x, y, health, radius, b, u, n_agents, reach):
-    best = -1
-    best_d = 1e30
-    for a in range(n_agents):
-        if health[b, a] > 0:
-            d = _edge_distance(x, y, radius, b, u, a)
-            if d <= reach and d < best_d:
-                best = a
-                best_d = d
-    return best
+def _within_reach(x, y, radius, b, u, v, reach):
+    """Whether the edges of units u and v are at most ``reach`` apart."""
+    lim = reach + radius[u] + radius[v]
+    return _dist2(x, y, b, u, v) <= lim * lim
 
 
 @numba.njit(cache=True)
@@ -103,24 +99,38 @@ def _enemy_target(x, y, health, radius, weapon_range, sight, target, last_attack
     Keep the current target while it is alive, in sight and in weapon range; otherwise take the closest
     ally in weapon range; otherwise keep chasing a target still in sight; otherwise take the closest
     ally within the scan range, or retaliate against the last unit that hit it; otherwise none (-1).
+    "Closest" compares centre distances.
     """
     cur = target[b, u]
-    valid = cur >= 0 and health[b, cur] > 0 and np.hypot(
-        x[b, cur] - x[b, u], y[b, cur] - y[b, u]) <= sight[u]
-    if valid and _edge_distance(x, y, radius, b, u, cur) <= weapon_range[u]:
+    valid = cur >= 0 and health[b, cur] > 0 and _dist2(x, y, b, u, cur) <= sight[u] * sight[u]
+    if valid and _within_reach(x, y, radius, b, u, cur, weapon_range[u]):
         return cur
-    best = _closest_ally_within(x, y, health, radius, b, u, n_agents, weapon_range[u])
-    if best >= 0:
-        return best
+    scan = max(weapon_range[u], ENEMY_SCAN_RANGE)
+    in_range = -1
+    in_range_d2 = 1e30
+    in_scan = -1
+    in_scan_d2 = 1e30
+    for a in range(n_agents):
+        if health[b, a] <= 0:
+            continue
+        d2 = _dist2(x, y, b, u, a)
+        reach = weapon_range[u] + radius[u] + radius[a]
+        if d2 <= reach * reach and d2 < in_range_d2:
+            in_range = a
+            in_range_d2 = d2
+        reach = scan + radius[u] + radius[a]
+        if d2 <= reach * reach and d2 < in_scan_d2:
+            in_scan = a
+            in_scan_d2 = d2
+    if in_range >= 0:
+        return in_range
     if valid:
         return cur
-    best = _closest_ally_within(x, y, health, radius, b, u, n_agents,
-                                max(weapon_range[u], ENEMY_SCAN_RANGE))
-    if best < 0:
+    if in_scan < 0:
         att = last_attacker[b, u]
         if att >= 0 and health[b, att] > 0:
-            best = att
-    return best
+            in_scan = att
+    return in_scan
 
 
 @numba.njit(cache=True)
@@ -141,8 +151,8 @@ def _apply_hits(health, shield, b, t, damage, hits, armor):
 
 @numba.njit(cache=True)
 def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, order_y, target,
-               last_attacker, since_damage, fired_at, key, counter, st, pathing, attack_x, attack_y):
-    """Advance environment ``b`` by one game loop. ``st`` is the tuple of static per-unit arrays."""
+               last_attacker, since_damage, fired_at, key, counter, st, pathing, attack_x, attack_y, shooting_buf):
+    """Advance environment ``b`` by one game loop (``shooting_buf`` int64 ``[B, U]`` is scratch space). ``st`` is the tuple of static per-unit arrays."""
     (radius, speed, weapon_range, sight, damage, bonus, bonus_attr, attributes, attacks, armor,
      cooldown_loops, shield_max) = st
     n_units = x.shape[1]
@@ -157,12 +167,13 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
             order[b, u] = ORDER_IDLE
             target[b, u] = -1
     # 2. fire: decide every shot first, then resolve them together
-    shooting = np.full(n_units, -1, dtype=np.int64)
+    shooting = shooting_buf[b]
+    shooting[:] = -1
     for u in range(n_units):
         t = target[b, u]
         if health[b, u] <= 0 or t < 0 or (u < n_agents and order[b, u] != ORDER_ATTACK):
             continue
-        if cooldown[b, u] <= 0.0 and _edge_distance(x, y, radius, b, u, t) <= weapon_range[u]:
+        if cooldown[b, u] <= 0.0 and _within_reach(x, y, radius, b, u, t, weapon_range[u]):
             shooting[u] = t
     for u in range(n_units):
         t = shooting[u]
@@ -196,7 +207,7 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
             continue
         dx = gx - x[b, u]
         dy = gy - y[b, u]
-        dist = np.hypot(dx, dy)
+        dist = np.sqrt(dx * dx + dy * dy)
         step = min(speed[u], dist - stop_at)
         if step <= 0.0:
             continue
@@ -214,10 +225,12 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
                 continue
             dx = x[b, v] - x[b, u]
             dy = y[b, v] - y[b, u]
-            dist = np.hypot(dx, dy)
-            overlap = radius[u] + radius[v] - dist
-            if overlap <= 0.0:
+            touch = radius[u] + radius[v]
+            d2 = dx * dx + dy * dy
+            if d2 >= touch * touch:
                 continue
+            dist = np.sqrt(d2)
+            overlap = touch - dist
             if dist > 0.0:
                 ux = dx / dist
                 uy = dy / dist
@@ -243,13 +256,14 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
 def _step_envs_py(actions, active, n_agents, x, y, health, shield, cooldown, order, order_x, order_y,
                   target, last_attacker, since_damage, fired_at, keys, episode_steps, death_tracker,
                   last_action, static, pathing, attack_x, attack_y, step_mul, move_amount, rp, out_reward,
-                  out_terminated, out_won, out_timeout, out_dead):
+                  out_terminated, out_won, out_timeout, out_dead, prev_health, prev_shield, scratch_int):
     """Advance every active environment by one agent step (``step_mul`` game loops).
 
     ``actions`` int64 ``[B, N]`` (already validated); ``active`` bool ``[B]``. For each active env writes
     the final (SMAC-scaled) reward, ``out_terminated``/``out_won``/``out_timeout`` (bool ``[B]``, set to
     True when it happens) and ``out_dead`` int64 ``[B, 2]`` (dead allies, dead enemies). ``rp``: see
-    ``_finish_step``.
+    ``_finish_step``. ``prev_health``, ``prev_shield`` (float64) and ``scratch_int`` (int64), all
+    ``[B, U]``, are scratch space.
     """
     n_envs = x.shape[0]
     n_units = x.shape[1]
@@ -272,17 +286,16 @@ def _step_envs_py(actions, active, n_agents, x, y, health, shield, cooldown, ord
             else:
                 order[b, i] = ORDER_ATTACK
                 target[b, i] = n_agents + a - 6
-        prev_health = health[b].copy()
-        prev_shield = shield[b].copy()
+        prev_health[b] = health[b]
+        prev_shield[b] = shield[b]
         fired_at[b, :] = -1
         for loop in range(step_mul):
             counter = episode_steps[b] * step_mul + loop
             _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, order_y, target,
                        last_attacker, since_damage, fired_at, keys[b], counter, static, pathing,
-                       attack_x, attack_y)
+                       attack_x, attack_y, scratch_int)
         episode_steps[b] += 1
-        reward = battle_reward(prev_health.reshape(1, n_units), prev_shield.reshape(1, n_units),
-                               health[b:b + 1], shield[b:b + 1], death_tracker[b:b + 1], 0, n_agents,
+        reward = battle_reward(prev_health, prev_shield, health, shield, death_tracker, b, n_agents,
                                rp[0] > 0, rp[1], rp[2])
         _finish_step(b, n_agents, health, episode_steps, reward, rp, out_reward, out_terminated, out_won,
                      out_timeout, out_dead)
