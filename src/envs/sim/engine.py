@@ -18,6 +18,8 @@ the batch size. Every simplification relative to SC2 is listed in ``docs/simulat
 """
 from __future__ import annotations
 
+import types
+
 import numba
 import numpy as np
 
@@ -41,7 +43,7 @@ ARRIVAL_EPS = 1e-6
 _DIRECTIONS = ((0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0))  # north, south, east, west
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def hash_uniform(key, counter):
     """A uniform draw in [0, 1) from a 64-bit key and counter (SplitMix64 finaliser)."""
     z = np.uint64(key) + np.uint64(counter) * np.uint64(0x9E3779B97F4A7C15)
@@ -51,13 +53,13 @@ def hash_uniform(key, counter):
     return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def episode_key(env_seed, episode_index):
     """The random key of one episode of one environment."""
     return np.uint64(hash_uniform(env_seed, episode_index) * 9007199254740992.0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _passable(pathing, px, py):
     if px < 0.0 or py < 0.0:
         return False
@@ -66,7 +68,7 @@ def _passable(pathing, px, py):
     return cx < pathing.shape[0] and cy < pathing.shape[1] and pathing[cx, cy]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _settle(pathing, ox, oy, nx, ny):
     """Where a unit at (ox, oy) ends up when it tries to go to (nx, ny): it slides along walls."""
     if _passable(pathing, nx, ny):
@@ -78,21 +80,21 @@ def _settle(pathing, ox, oy, nx, ny):
     return ox, oy
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _dist2(x, y, b, u, v):
     dx = x[b, v] - x[b, u]
     dy = y[b, v] - y[b, u]
     return dx * dx + dy * dy
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _within_reach(x, y, radius, b, u, v, reach):
     """Whether the edges of units u and v are at most ``reach`` apart."""
     lim = reach + radius[u] + radius[v]
     return _dist2(x, y, b, u, v) <= lim * lim
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _enemy_target(x, y, health, radius, weapon_range, sight, target, last_attacker, b, u, n_agents):
     """The built-in AI's target choice for enemy ``u`` (SC2 auto-acquisition on an attack-move).
 
@@ -133,7 +135,7 @@ def _enemy_target(x, y, health, radius, weapon_range, sight, target, last_attack
     return in_scan
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _apply_hits(health, shield, b, t, damage, hits, armor):
     """``hits`` hits of ``damage`` each: shields absorb first (no shield armor), armor applies per hit
     to what gets through to health."""
@@ -149,7 +151,7 @@ def _apply_hits(health, shield, b, t, damage, hits, armor):
         health[b, t] = 0.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, order_y, target,
                last_attacker, since_damage, fired_at, key, counter, st, pathing, attack_x, attack_y, shooting_buf):
     """Advance environment ``b`` by one game loop (``shooting_buf`` int64 ``[B, U]`` is scratch space). ``st`` is the tuple of static per-unit arrays."""
@@ -167,16 +169,16 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
             order[b, u] = ORDER_IDLE
             target[b, u] = -1
     # 2. fire: decide every shot first, then resolve them together
-    shooting = shooting_buf[b]
-    shooting[:] = -1
+    for u in range(n_units):
+        shooting_buf[b, u] = -1
     for u in range(n_units):
         t = target[b, u]
         if health[b, u] <= 0 or t < 0 or (u < n_agents and order[b, u] != ORDER_ATTACK):
             continue
         if cooldown[b, u] <= 0.0 and _within_reach(x, y, radius, b, u, t, weapon_range[u]):
-            shooting[u] = t
+            shooting_buf[b, u] = t
     for u in range(n_units):
-        t = shooting[u]
+        t = shooting_buf[b, u]
         if t < 0:
             continue
         hit = damage[u] + (bonus[u] if attributes[t] & bonus_attr[u] else 0.0)
@@ -189,7 +191,7 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
         fired_at[b, u] = t
     # 3. movement towards each unit's goal
     for u in range(n_units):
-        if health[b, u] <= 0 or shooting[u] >= 0:
+        if health[b, u] <= 0 or shooting_buf[b, u] >= 0:
             continue
         t = target[b, u]
         stop_at = 0.0
@@ -286,9 +288,10 @@ def _step_envs_py(actions, active, n_agents, x, y, health, shield, cooldown, ord
             else:
                 order[b, i] = ORDER_ATTACK
                 target[b, i] = n_agents + a - 6
-        prev_health[b] = health[b]
-        prev_shield[b] = shield[b]
-        fired_at[b, :] = -1
+        for u in range(n_units):
+            prev_health[b, u] = health[b, u]
+            prev_shield[b, u] = shield[b, u]
+            fired_at[b, u] = -1
         for loop in range(step_mul):
             counter = episode_steps[b] * step_mul + loop
             _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, order_y, target,
@@ -301,7 +304,7 @@ def _step_envs_py(actions, active, n_agents, x, y, health, shield, cooldown, ord
                      out_timeout, out_dead)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _finish_step(b, n_agents, health, episode_steps, reward, rp, out_reward, out_terminated, out_won,
                  out_timeout, out_dead):
     """SMAC's end-of-step logic: battle outcome, win/defeat reward, timeout, reward scaling.
@@ -340,11 +343,21 @@ def _finish_step(b, n_agents, health, episode_steps, reward, rp, out_reward, out
     out_reward[b] = reward
 
 
-step_envs_parallel = numba.njit(parallel=True, cache=True)(_step_envs_py)
-step_envs_serial = numba.njit(cache=True)(_step_envs_py)
 
 
-@numba.njit(cache=True)
+def _jit_variant(fn, name: str, parallel: bool):
+    """Compile ``fn`` under its own name, so the serial and parallel builds get separate cache files."""
+    clone = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = name
+    return numba.njit(parallel=parallel, cache=True, error_model="numpy")(clone)
+
+
+#: The step kernel spread over all cores (large batches) and on one core (small batches).
+step_envs_parallel = _jit_variant(_step_envs_py, "step_envs_parallel", parallel=True)
+step_envs_serial = _jit_variant(_step_envs_py, "step_envs_serial", parallel=False)
+
+
+@numba.njit(cache=True, error_model="numpy")
 def spawn_envs(reset_mask, keys, env_seeds, episode_index, x, y, ally_spacing, enemy_spacing,
                ally_groups, n_agents, ally_spawn, enemy_spawn):
     """Place both armies of every environment in ``reset_mask`` in clumps around their spawn points.

@@ -269,7 +269,7 @@ def build_state(x, y, health, shield, cooldown, health_max, shield_max, max_cool
             out[b, base] = episode_steps[b] / episode_limit
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def battle_reward(prev_health, prev_shield, health, shield, death_tracker, b, n_agents,
                   reward_only_positive, reward_death_value, reward_negative_scale):
     """SMAC's dense ``reward_battle`` for environment ``b`` (before win/defeat bonus and scaling).
