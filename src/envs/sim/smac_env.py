@@ -98,6 +98,13 @@ class StarCraft2Env(MultiAgentEnv):
     def seed(self):
         return self._seed
 
+    def state_dict(self) -> dict:
+        """What is needed to continue this environment's random stream (see the batched engine)."""
+        return self._batch.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._batch.load_state_dict(state)
+
     def save_replay(self) -> str:
         """Write the last episode as an animated GIF into ``replay_dir``; returns its path."""
         return self._batch.save_replay([0])[0]

@@ -1,0 +1,343 @@
+"""SubprocessBatchedEnv: the batched contract over MultiAgentEnvs running in worker processes.
+
+Two kinds of environment run in the workers: a small counting env defined here (exact expectations for
+timeouts, missing info keys, stats, replays, state round trips and failures) and the embedded simulator's
+single-environment ``StarCraft2Env``, compared value for value with the simulator's batched engine
+stepping the same seeds and actions.
+"""
+import functools
+import os
+
+import numpy as np
+import pytest
+
+from envs.multiagentenv import MultiAgentEnv
+from envs.subprocess_env import EnvWorkerError, SubprocessBatchedEnv
+
+
+class CountingEnv(MultiAgentEnv):
+    """Two agents, three actions, one enemy; an episode's outcome is drawn from the env's own RNG.
+
+    At reset a ``value`` in [0, 100) is drawn. Even values win at step 2, odd values time out at
+    ``episode_limit`` (info without ``episode_limit``, as SMAC without ``continuing_episode``).
+    Action 1 is unavailable to agent 1. Agent 0 choosing action 2 triggers ``on_action_2``:
+    ``"raise"`` raises, ``"exit"`` kills the worker process.
+    """
+
+    N_AGENTS, N_ACTIONS, OBS, STATE = 2, 3, 3, 2
+
+    def __init__(self, seed=0, episode_limit=4, on_action_2=None, omit_dead=False, replay_dir=""):
+        self._seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.episode_limit = episode_limit
+        self.on_action_2 = on_action_2
+        self.omit_dead = omit_dead
+        self.replay_dir = replay_dir
+        self.t = 0
+        self.value = 0
+        self.won = self.games = 0
+
+    def reset(self):
+        self.t = 0
+        self.value = int(self.rng.integers(0, 100))
+        return self.get_obs(), self.get_state()
+
+    def step(self, actions):
+        if actions[0] == 2 and self.on_action_2 == "raise":
+            raise ValueError(f"boom in env seeded {self._seed}")
+        if actions[0] == 2 and self.on_action_2 == "exit":
+            os._exit(3)
+        self.t += 1
+        reward = float(self.value + sum(actions))
+        win = self.value % 2 == 0 and self.t == 2
+        terminated = win or self.t >= self.episode_limit
+        info = {"battle_won": win}
+        if not self.omit_dead:
+            info.update(dead_allies=0, dead_enemies=int(win))
+        if terminated:
+            self.games += 1
+            self.won += int(win)
+        return reward, terminated, info
+
+    def get_obs(self):
+        return [np.array([self.value, self.t, i], dtype=np.float32) for i in range(self.N_AGENTS)]
+
+    def get_state(self):
+        return np.array([self.value, self.t], dtype=np.float32)
+
+    def get_avail_actions(self):
+        return [[1, 1, 1], [1, 0, 1]]
+
+    def get_env_info(self):
+        return {"state_shape": self.STATE, "obs_shape": self.OBS, "n_actions": self.N_ACTIONS,
+                "n_agents": self.N_AGENTS, "episode_limit": self.episode_limit, "n_enemies": 1}
+
+    def get_stats(self):
+        return {"battles_won": self.won, "battles_game": self.games, "win_rate": self.won / self.games}
+
+    def seed(self):
+        return self._seed
+
+    def save_replay(self):
+        path = os.path.join(self.replay_dir, f"counting_{self._seed}_{self.games}.txt")
+        with open(path, "w") as f:
+            f.write(str(self.value))
+        return path
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state, "won": self.won, "games": self.games}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
+        self.won, self.games = state["won"], state["games"]
+
+    def close(self):
+        pass
+
+
+def counting_envs(seeds, start_method="fork", **kwargs):
+    return SubprocessBatchedEnv([functools.partial(CountingEnv, seed=s, **kwargs) for s in seeds],
+                                start_method=start_method)
+
+
+@pytest.fixture
+def make():
+    """Build SubprocessBatchedEnvs that are closed (and their workers checked dead) after the test."""
+    built = []
+
+    def _make(*args, **kwargs):
+        env = counting_envs(*args, **kwargs)
+        built.append(env)
+        return env
+
+    yield _make
+    for env in built:
+        env.close()
+        assert not any(p.is_alive() for p in env._processes)
+
+
+def test_matches_in_process_envs_with_frozen_semantics(make):
+    seeds = [10, 11, 12, 13]
+    env = make(seeds)
+    local = [CountingEnv(seed=s) for s in seeds]
+    info = env.get_env_info()
+    assert (info["n_agents"], info["n_actions"], info["obs_shape"]) == (2, 3, 3)
+    actions = np.zeros((4, 2), dtype=np.int64)
+    for _ in range(3):  # three rounds of episodes, reset all
+        env.reset()
+        for e in local:
+            e.reset()
+        done = np.zeros(4, dtype=bool)
+        for _ in range(6):  # past episode_limit: every env is frozen for a while
+            reward, terminated, info = env.step(actions)
+            for b, e in enumerate(local):
+                if done[b]:
+                    assert reward[b] == 0 and terminated[b]
+                    assert not info["battle_won"][b] and not info["episode_limit"][b]
+                    assert info["dead_enemies"][b] == 0
+                    continue
+                r, t, i = e.step([0, 0])
+                assert reward[b] == r and terminated[b] == t
+                assert info["battle_won"][b] == i["battle_won"]
+                assert info["dead_enemies"][b] == i["dead_enemies"]
+                # derived: ended at the limit without a win
+                assert info["episode_limit"][b] == (t and not i["battle_won"])
+                done[b] |= t
+            np.testing.assert_array_equal(env.get_obs(), np.stack([np.stack(e.get_obs()) for e in local]))
+            np.testing.assert_array_equal(env.get_state(), np.stack([e.get_state() for e in local]))
+        assert terminated.all()
+    avail = env.get_avail_actions()
+    assert avail.dtype == np.int32 and avail.shape == (4, 2, 3)
+    assert env.get_obs().dtype == np.float32 and env.get_obs() is not env.get_obs()
+    assert reward.dtype == np.float32 and terminated.dtype == bool
+
+
+def test_partial_reset_only_restarts_masked_envs(make):
+    env = make([1, 2, 3])
+    env.reset()
+    while not env.step(np.zeros((3, 2), dtype=np.int64))[1].all():
+        pass
+    before = env.get_obs()
+    env.reset(np.array([False, True, False]))
+    reward, terminated, _ = env.step(np.zeros((3, 2), dtype=np.int64))
+    assert terminated[0] and terminated[2] and reward[0] == 0 and reward[2] == 0
+    obs = env.get_obs()
+    np.testing.assert_array_equal(obs[[0, 2]], before[[0, 2]])
+    assert obs[1, 0, 1] == 1  # env 1 took its first step of a new episode
+    with pytest.raises(ValueError, match="env_mask must be a bool array of shape"):
+        env.reset(np.array([1, 0, 1]))
+
+
+def test_missing_dead_counts_carry_over_and_timeout_is_derived(make):
+    env = make([1, 3], omit_dead=True)  # value parity decides: check both kinds of ending
+    env.reset()
+    won = env.get_state()[:, 0] % 2 == 0
+    saw_end = np.zeros(2, dtype=bool)
+    for _ in range(4):
+        _, terminated, info = env.step(np.zeros((2, 2), dtype=np.int64))
+        newly = terminated & ~saw_end
+        np.testing.assert_array_equal(info["battle_won"][newly], won[newly])
+        np.testing.assert_array_equal(info["episode_limit"][newly], ~won[newly])
+        assert (info["dead_allies"] == 0).all() and (info["dead_enemies"] == 0).all()
+        saw_end |= terminated
+    assert saw_end.all()
+
+
+def test_invalid_actions_are_rejected_before_any_env_steps(make):
+    env = make([1, 2])
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(np.zeros((2, 2), dtype=np.int64))
+    env.reset()
+    state = env.get_state()
+    bad = np.zeros((2, 2), dtype=np.int64)
+    bad[1, 1] = 1  # unavailable to agent 1
+    with pytest.raises(ValueError, match=r"env 1, agent 1: action 1 is not available; available actions: \[0, 2\]"):
+        env.step(bad)
+    with pytest.raises(ValueError, match="integer array of shape"):
+        env.step(np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="integer array of shape"):
+        env.step(np.zeros((2, 2), dtype=np.float32))
+    bad[1, 1] = 7
+    with pytest.raises(ValueError, match="action 7 is not available"):
+        env.step(bad)
+    np.testing.assert_array_equal(env.get_state(), state)
+    env.step(np.zeros((2, 2), dtype=np.int64))
+    assert (env.get_state()[:, 1] == 1).all()  # neither env had moved before
+
+
+def test_worker_exception_is_reraised_with_its_traceback(make):
+    env = make([5, 6], on_action_2="raise")
+    env.reset()
+    actions = np.zeros((2, 2), dtype=np.int64)
+    actions[1, 0] = 2
+    with pytest.raises(EnvWorkerError) as err:
+        env.step(actions)
+    message = str(err.value)
+    assert "environment 1" in message and "ValueError: boom in env seeded 6" in message
+    assert "Worker traceback" in message and "in step" in message
+    assert env.get_state()[0, 1] == 1  # env 0 did step, and that was recorded
+    env.reset()  # the workers survive an env's exception
+    env.step(np.zeros((2, 2), dtype=np.int64))
+
+
+def test_dead_worker_is_reported_not_waited_for(make):
+    env = make([5, 6], on_action_2="exit")
+    env.reset()
+    actions = np.zeros((2, 2), dtype=np.int64)
+    actions[0, 0] = 2
+    with pytest.raises(EnvWorkerError, match=r"env 0 .*exit code 3"):
+        env.step(actions)
+    env.close()
+    env.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        env.reset()
+
+
+def test_env_construction_failure_is_reported_and_workers_reaped():
+    with pytest.raises(EnvWorkerError, match="TypeError"):
+        SubprocessBatchedEnv([functools.partial(CountingEnv, seed=1),
+                              functools.partial(CountingEnv, seed=2, no_such_argument=1)], start_method="fork")
+
+
+def test_different_tasks_are_rejected():
+    with pytest.raises(ValueError, match="different tasks"):
+        SubprocessBatchedEnv([functools.partial(CountingEnv, episode_limit=4),
+                              functools.partial(CountingEnv, episode_limit=5)], start_method="fork")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="at least one env factory"):
+        SubprocessBatchedEnv([])
+    with pytest.raises(ValueError, match="unknown start_method 'threads'"):
+        SubprocessBatchedEnv([CountingEnv], start_method="threads")
+
+
+def test_stats_are_summed_and_replays_forwarded(make, tmp_path):
+    env = make([1, 2, 3], replay_dir=str(tmp_path))
+    assert env.get_stats() == {}  # like SMAC, no stats before the first battle
+    for _ in range(4):
+        env.reset()
+        while not env.step(np.zeros((3, 2), dtype=np.int64))[1].all():
+            pass
+    local = [CountingEnv(seed=s) for s in (1, 2, 3)]
+    won = 0
+    for e in local:
+        for _ in range(4):
+            e.reset()
+            won += e.value % 2 == 0
+    stats = env.get_stats()
+    assert stats["battles_game"] == 12 and stats["battles_won"] == won
+    assert stats["win_rate"] == pytest.approx(won / 12)
+    paths = env.save_replay([0, 2])
+    assert [os.path.basename(p) for p in paths] == ["counting_1_4.txt", "counting_3_4.txt"]
+    assert all(os.path.isfile(p) for p in paths)
+    with pytest.raises(IndexError, match="out of range for 3 envs"):
+        env.save_replay([3])
+
+
+def test_state_dict_continues_the_random_streams_exactly(make):
+    def run(env, episodes):
+        values = []
+        for _ in range(episodes):
+            env.reset()
+            values.append(env.get_state()[:, 0].copy())
+            while not env.step(np.zeros((2, 2), dtype=np.int64))[1].all():
+                pass
+        return np.stack(values)
+
+    unbroken = run(make([7, 8]), 4)
+    first = make([7, 8])
+    head = run(first, 2)
+    state = first.state_dict()
+    assert state["seeds"] == [7, 8] and state["episodes"] == [2, 2]
+    resumed = make([7, 8])
+    resumed.load_state_dict(state)
+    np.testing.assert_array_equal(np.concatenate([head, run(resumed, 2)]), unbroken)
+    assert resumed.get_stats()["battles_game"] == 8
+    with pytest.raises(ValueError, match=r"built with seeds \[7, 8\], these with \[7, 9\]"):
+        make([7, 9]).load_state_dict(state)
+    with pytest.raises(ValueError, match="holds 2 envs, this one has 3"):
+        make([7, 8, 9]).load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- the simulator in workers
+sim = pytest.importorskip("envs.sim")
+
+
+def test_simulator_in_workers_matches_the_batched_engine(tmp_path):
+    """SMAC's single-env API of the simulator, in spawned workers, equals the batched engine exactly."""
+    seeds = [3, 4, 5]
+    kwargs = dict(map_name="3m", replay_dir=str(tmp_path))
+    env = SubprocessBatchedEnv([functools.partial(sim.StarCraft2Env, seed=s, **kwargs) for s in seeds])
+    try:
+        # the engine with each single env's seed in its slot: same spawns and dynamics, env by env
+        engine = sim.BatchedStarCraft2Sim(n_envs=len(seeds), seed=0, **kwargs)
+        singles = [sim.StarCraft2Env(seed=s, **kwargs).batch.state_dict() for s in seeds]
+        engine.load_state_dict({"env_seeds": [s["env_seeds"][0] for s in singles],
+                                "episodes_started": [s["episodes_started"][0] for s in singles],
+                                "stats": engine.state_dict()["stats"]})
+        assert env.get_env_info() == engine.get_env_info()
+        rng = np.random.default_rng(0)
+        for mask in (None, None, np.array([True, False, True])):
+            env.reset(mask)
+            engine.reset(mask)
+            for _ in range(200):
+                np.testing.assert_array_equal(env.get_obs(), engine.get_obs())
+                np.testing.assert_array_equal(env.get_state(), engine.get_state())
+                avail = engine.get_avail_actions()
+                np.testing.assert_array_equal(env.get_avail_actions(), avail)
+                actions = (rng.random(avail.shape) * avail).argmax(-1)  # a random available action
+                got, want = env.step(actions), engine.step(actions)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
+                for key in ("battle_won", "dead_allies", "dead_enemies", "episode_limit"):
+                    np.testing.assert_array_equal(got[2][key], want[2][key], err_msg=key)
+                if got[1].all():
+                    break
+            assert got[1].all()
+        assert env.get_stats() == engine.get_stats()
+        paths = env.save_replay([1])
+        assert len(paths) == 1 and paths[0].endswith(".gif") and os.path.getsize(paths[0]) > 0
+    finally:
+        env.close()
+    assert not any(p.is_alive() for p in env._processes)
