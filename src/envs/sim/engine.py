@@ -39,6 +39,11 @@ WEAPON_DELAY_MAX = 2.8
 SPAWN_JITTER = 0.1
 SPAWN_GAP = 0.2
 ARRIVAL_EPS = 1e-6
+#: Marks a unit whose target is in weapon range while its weapon cools down.
+ENGAGED = -2
+#: Steering angles tried, in order, when the straight step would bump into a unit: 0, ±45°, ±90°.
+_STEER_COS = (1.0, 0.7071067811865476, 0.7071067811865476, 0.0, 0.0)
+_STEER_SIN = (0.0, 0.7071067811865476, -0.7071067811865476, 1.0, -1.0)
 
 _DIRECTIONS = ((0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0))  # north, south, east, west
 
@@ -136,6 +141,21 @@ def _enemy_target(x, y, health, radius, weapon_range, sight, target, last_attack
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
+def _bumps(x, y, health, radius, b, u, nx, ny):
+    """Whether moving unit ``u`` to (nx, ny) brings it closer to a unit it would overlap."""
+    for v in range(x.shape[1]):
+        if v == u or health[b, v] <= 0:
+            continue
+        touch = radius[u] + radius[v]
+        dx = x[b, v] - nx
+        dy = y[b, v] - ny
+        new_d2 = dx * dx + dy * dy
+        if new_d2 < touch * touch and new_d2 < _dist2(x, y, b, u, v):
+            return True
+    return False
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _apply_hits(health, shield, b, t, damage, hits, armor):
     """``hits`` hits of ``damage`` each: shields absorb first (no shield armor), armor applies per hit
     to what gets through to health."""
@@ -169,14 +189,16 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
             order[b, u] = ORDER_IDLE
             target[b, u] = -1
     # 2. fire: decide every shot first, then resolve them together
+    # shooting_buf[b, u]: the target u fires at, ENGAGED if its target is in range but the weapon is
+    # cooling down, -1 otherwise. Engaged units hold their ground.
     for u in range(n_units):
         shooting_buf[b, u] = -1
     for u in range(n_units):
         t = target[b, u]
         if health[b, u] <= 0 or t < 0 or (u < n_agents and order[b, u] != ORDER_ATTACK):
             continue
-        if cooldown[b, u] <= 0.0 and _within_reach(x, y, radius, b, u, t, weapon_range[u]):
-            shooting_buf[b, u] = t
+        if _within_reach(x, y, radius, b, u, t, weapon_range[u]):
+            shooting_buf[b, u] = t if cooldown[b, u] <= 0.0 else ENGAGED
     for u in range(n_units):
         t = shooting_buf[b, u]
         if t < 0:
@@ -191,7 +213,7 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
         fired_at[b, u] = t
     # 3. movement towards each unit's goal
     for u in range(n_units):
-        if health[b, u] <= 0 or shooting_buf[b, u] >= 0:
+        if health[b, u] <= 0 or shooting_buf[b, u] != -1:
             continue
         t = target[b, u]
         stop_at = 0.0
@@ -213,8 +235,19 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
         step = min(speed[u], dist - stop_at)
         if step <= 0.0:
             continue
-        nx = x[b, u] + dx / dist * step
-        ny = y[b, u] + dy / dist * step
+        ux = dx / dist
+        uy = dy / dist
+        # local avoidance: the straight step, else the first of the steering angles that bumps nobody
+        for k in range(len(_STEER_COS)):
+            rx = ux * _STEER_COS[k] - uy * _STEER_SIN[k]
+            ry = ux * _STEER_SIN[k] + uy * _STEER_COS[k]
+            nx = x[b, u] + rx * step
+            ny = y[b, u] + ry * step
+            if not _bumps(x, y, health, radius, b, u, nx, ny):
+                break
+            if k == len(_STEER_COS) - 1:  # boxed in: push straight on, separation resolves it
+                nx = x[b, u] + ux * step
+                ny = y[b, u] + uy * step
         x[b, u], y[b, u] = _settle(pathing, x[b, u], y[b, u], nx, ny)
         if u < n_agents and order[b, u] == ORDER_MOVE and dist - step <= ARRIVAL_EPS:
             order[b, u] = ORDER_IDLE
@@ -239,11 +272,18 @@ def _game_loop(b, n_agents, x, y, health, shield, cooldown, order, order_x, orde
             else:
                 ux = 1.0
                 uy = 0.0
-            push = overlap / 2.0
-            x[b, u], y[b, u] = _settle(pathing, x[b, u], y[b, u], x[b, u] - ux * push,
-                                       y[b, u] - uy * push)
-            x[b, v], y[b, v] = _settle(pathing, x[b, v], y[b, v], x[b, v] + ux * push,
-                                       y[b, v] + uy * push)
+            # engaged units hold their ground; otherwise both give way equally
+            share_u = 0.5
+            if shooting_buf[b, u] != -1 and shooting_buf[b, v] == -1:
+                share_u = 0.0
+            elif shooting_buf[b, u] == -1 and shooting_buf[b, v] != -1:
+                share_u = 1.0
+            push_u = overlap * share_u
+            push_v = overlap - push_u
+            x[b, u], y[b, u] = _settle(pathing, x[b, u], y[b, u], x[b, u] - ux * push_u,
+                                       y[b, u] - uy * push_u)
+            x[b, v], y[b, v] = _settle(pathing, x[b, v], y[b, v], x[b, v] + ux * push_v,
+                                       y[b, v] + uy * push_v)
     # 4. clocks
     for u in range(n_units):
         if health[b, u] <= 0:
