@@ -1,0 +1,1 @@
+"""Episode storage, replay, action selection, schedules and normalisers."""

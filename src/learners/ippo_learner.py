@@ -1,0 +1,217 @@
+"""Independent PPO (IPPO) as in the DM² reference code: K agents, each with its own recurrent actor and
+critic, optimiser state and gradient clipping, trained on the shared team reward.
+
+Per update, on the latest batch of whole episodes (on-policy):
+
+1. One pass of every actor and critic over the episodes (no gradient) gives the behaviour log-probs
+   ``log π_old(a_t)``, the values ``V(o_t)`` of every position and the GRU hidden states.
+2. Generalised advantage estimation per agent (``gamma``, ``gae_lambda``; ``utils.returns.gae``) with
+   bootstrapping at time-limit ends; return targets ``R_t = A_t + V_t``. With ``use_value_norm`` the
+   critic predicts per-agent normalised returns (``components.value_norm``), denormalised for GAE.
+3. Advantages are normalised per agent over the batch's real (unpadded) transitions, whether the agent
+   is alive or dead there, as in the reference.
+4. ``ppo_epochs`` full-batch epochs. Actor loss per agent:
+   ``-mean(min(ρ A, clip(ρ, 1 ± ppo_clip) A)) - entropy_coef · mean(H[π])`` over real transitions,
+   with ``ρ = π(a)/π_old(a)`` and the policy a softmax over the available actions only. Critic loss per
+   agent: ``value_loss_coef · mean(max(huber(R - V), huber(R - V_clip)))`` with
+   ``V_clip = V_old + clip(V - V_old, ± ppo_clip)`` (``use_value_clip``; the reference clips values
+   with the policy's clip parameter) and Huber ``δ = huber_delta``. Adam (``lr``, ``optim_eps``),
+   one for all actors' stacked weights and one for all critics' (Adam is element-wise, so this is K
+   separate Adams), gradient norm clipped to ``grad_norm_clip`` per agent, separately for actor and
+   critic.
+
+**Recurrent training** (``bptt``). ``false`` (the default) trains the GRU as the reference does: each
+step is computed from the hidden state stored by the no-gradient pass, so no gradient flows through
+time, every transition is independent and an epoch is one batched pass over the real transitions
+(padding is skipped entirely). This is the default because it reproduces the paper's baseline and is
+several times faster than sequential backpropagation on a CPU. ``true`` backpropagates through time
+over chunks of ``bptt_chunk_len`` steps (0: whole episodes); each chunk starts from the stored hidden
+state, chunks run in parallel and all-padding chunks are skipped.
+
+Nothing crosses between agents: every loss term, normalisation and clipping above is per agent. The
+only shared inputs are the team reward and the episode boundaries (``tests/test_decentralisation.py``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from components.action_selectors import masked_logits
+from components.episode_batch import EpisodeBatch
+from components.value_norm import ValueNorm
+from modules import critics, lookup
+from modules.stacked import clip_grad_norm_per_stack
+from utils.returns import gae
+
+
+def _log_prob_entropy(logits: torch.Tensor, avail: torch.Tensor, actions: torch.Tensor):
+    """Masked categorical: ``logits, avail [..., A]``, ``actions [...]`` -> ``(log π(a) [...], H [...])``."""
+    logp_all = F.log_softmax(masked_logits(logits, avail), dim=-1)
+    logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def ppo_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped surrogate objective per sample (to maximise): ``min(ρ A, clip(ρ, 1 ± clip) A)``."""
+    ratio = torch.exp(logp - old_logp)
+    return torch.min(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, clip: float | None,
+               huber_delta: float) -> torch.Tensor:
+    """Huber value loss per sample; with ``clip``, PPO value clipping:
+    ``max(huber(R - V), huber(R - (V_old + clip(V - V_old, ± clip))))``."""
+    loss = F.huber_loss(values, targets, reduction="none", delta=huber_delta)
+    if clip is None:
+        return loss
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return torch.max(loss, F.huber_loss(clipped, targets, reduction="none", delta=huber_delta))
+
+
+class _Chunker:
+    """Cuts ``[N, T, B, ...]`` sequences into ``[N, L, M, ...]`` chunks of ``L`` steps, keeping the ``M``
+    chunks that contain at least one real transition (``L = 1``: exactly the real transitions)."""
+
+    def __init__(self, mask: torch.Tensor, chunk_len: int):
+        t_len, b = mask.shape
+        self.t_len, self.b = t_len, b
+        self.chunk_len = chunk_len if chunk_len > 0 else t_len
+        self.n_chunks = -(-t_len // self.chunk_len)
+        self.keep = None  # cut() keeps every chunk while ``keep`` is being computed
+        self.keep = self.cut(mask.unsqueeze(0))[0, 0].nonzero().squeeze(-1)
+
+    def cut(self, x: torch.Tensor) -> torch.Tensor:
+        n, t_len, b, *rest = x.shape
+        pad = self.n_chunks * self.chunk_len - t_len
+        if pad:
+            x = torch.cat([x, x.new_zeros(n, pad, b, *rest)], dim=1)
+        x = x.view(n, self.n_chunks, self.chunk_len, b, *rest).transpose(1, 2)
+        x = x.reshape(n, self.chunk_len, self.n_chunks * b, *rest)
+        return x if self.keep is None else x[:, :, self.keep]
+
+    def initial_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden [N, T, B, H]`` (state after each step) -> the state entering each kept chunk ``[N, M, H]``."""
+        prev = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
+        starts = prev[:, :: self.chunk_len]
+        return starts.reshape(starts.shape[0], -1, starts.shape[-1])[:, self.keep]
+
+
+class IPPOLearner:
+    """``IPPOLearner(mac, env_info, cfg, device)``; see the module docstring.
+
+    ``train(batch, t_env, episode) -> stats`` performs one PPO update on ``batch`` (an
+    :class:`EpisodeBatch` from the runner). The actors are the controller's agent network; the critics
+    live here.
+    """
+
+    def __init__(self, mac, env_info: dict, cfg, device: torch.device):
+        if mac.shared:
+            raise ValueError("IPPO agents share nothing: set agent_parameter_sharing=False for the ippo learner")
+        self.mac, self.cfg, self.device = mac, cfg, device
+        self.n_agents = env_info["n_agents"]
+        self.critic = lookup(critics.REGISTRY, cfg.critic, "critic")(self.n_agents, mac.input_dim, cfg).to(device)
+        self.actor_optim = torch.optim.Adam(mac.parameters(), lr=cfg.lr, eps=cfg.optim_eps)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, eps=cfg.optim_eps)
+        self.value_norm = ValueNorm(self.n_agents).to(device) if cfg.use_value_norm else None
+        self.chunk_len = cfg.bptt_chunk_len if cfg.bptt else 1
+        if cfg.bptt and cfg.bptt_chunk_len < 0:
+            raise ValueError(f"bptt_chunk_len={cfg.bptt_chunk_len} must be >= 0 (0 = whole episodes)")
+
+    def train(self, batch: EpisodeBatch, t_env: int, episode: int) -> dict[str, float]:
+        cfg = self.cfg
+        batch = batch.to(self.device)
+        t_len, b = batch.max_t, batch.batch_size
+        inputs = self.mac.sequence_inputs(batch)                    # [N, T+1, B, in]
+        mask = batch.filled.t()                                     # [T, B]
+        actions = batch.actions.permute(2, 1, 0)                    # [N, T, B]
+        avail = batch.avail_actions[:, :t_len].permute(2, 1, 0, 3)  # [N, T, B, A]
+
+        with torch.no_grad():
+            logits, h_actor = self.mac.forward(inputs[:, :t_len], self.mac.init_hidden(b))
+            old_logp, _ = _log_prob_entropy(logits, avail, actions)
+            old_values, h_critic = self.critic(inputs, self.mac.init_hidden(b))    # [N, T+1, B]
+            values = self.value_norm.denormalize(old_values) if self.value_norm is not None else old_values
+            adv = gae(batch.reward.t()[:, None], values.transpose(0, 1), batch.terminated.t()[:, None],
+                      mask[:, None], cfg.gamma, cfg.gae_lambda).transpose(0, 1)   # [N, T, B]
+            returns = adv + values[:, :t_len]
+            agent_mask = mask.expand(self.n_agents, t_len, b)
+            if self.value_norm is not None:
+                self.value_norm.update(returns.reshape(self.n_agents, -1), agent_mask.reshape(self.n_agents, -1))
+                targets = self.value_norm.normalize(returns)
+            else:
+                targets = returns
+            n_valid = mask.sum()
+            adv_mean = (adv * mask).sum((1, 2), keepdim=True) / n_valid
+            adv_std = (((adv - adv_mean) ** 2 * mask).sum((1, 2), keepdim=True) / n_valid).sqrt()
+            adv = (adv - adv_mean) / (adv_std + 1e-5)
+
+            chunks = _Chunker(mask, self.chunk_len)
+            x = chunks.cut(inputs[:, :t_len])
+            h0_actor, h0_critic = chunks.initial_hidden(h_actor), chunks.initial_hidden(h_critic[:, :t_len])
+            # [1, L, M] real-transition mask of the chunks; None when every chunk entry is real (L = 1).
+            c_mask = chunks.cut(mask.unsqueeze(0)) if chunks.chunk_len > 1 else None
+            c_actions, c_avail, c_old_logp, c_adv, c_targets, c_old_values = (
+                chunks.cut(y) for y in (actions, avail, old_logp, adv, targets, old_values[:, :t_len]))
+
+        def agent_mean(y: torch.Tensor) -> torch.Tensor:
+            """``[N, L, M]`` -> ``[N]``: each agent's mean over the batch's real transitions."""
+            return (y if c_mask is None else y * c_mask).sum((1, 2)) / n_valid
+
+        sums = torch.zeros(7)
+        for _ in range(cfg.ppo_epochs):
+            logits, _ = self.mac.forward(x, h0_actor)
+            logp, entropy = _log_prob_entropy(logits, c_avail, c_actions)
+            policy_loss = -agent_mean(ppo_surrogate(logp, c_old_logp, c_adv, cfg.ppo_clip))  # [N]
+            mean_entropy = agent_mean(entropy)                                                 # [N]
+            actor_loss = (policy_loss - cfg.entropy_coef * mean_entropy).sum()
+            self.actor_optim.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_norm = clip_grad_norm_per_stack(self.mac.parameters(), cfg.grad_norm_clip)
+            self.actor_optim.step()
+
+            v, _ = self.critic(x, h0_critic)
+            v_loss = value_loss(v, c_old_values, c_targets, cfg.ppo_clip if cfg.use_value_clip else None,
+                                cfg.huber_delta)
+            critic_loss = cfg.value_loss_coef * agent_mean(v_loss).sum()
+            self.critic_optim.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            critic_norm = clip_grad_norm_per_stack(self.critic.parameters(), cfg.grad_norm_clip)
+            self.critic_optim.step()
+
+            with torch.no_grad():
+                log_ratio = logp - c_old_logp
+                ratio = log_ratio.exp()
+                sums += torch.stack([
+                    policy_loss.mean(), critic_loss / self.n_agents, mean_entropy.mean(),
+                    agent_mean(ratio - 1.0 - log_ratio).mean(),
+                    agent_mean(((ratio - 1.0).abs() > cfg.ppo_clip).float()).mean(),
+                    actor_norm.mean(), critic_norm.mean()])
+        sums /= cfg.ppo_epochs
+        names = ("policy_loss", "critic_loss", "entropy", "approx_kl", "clip_fraction",
+                 "actor_grad_norm", "critic_grad_norm")
+        stats = {name: float(val) for name, val in zip(names, sums)}
+        with torch.no_grad():
+            stats["advantage_mean"] = float(adv_mean.mean())
+            stats["return_mean"] = float((returns * mask).sum() / (n_valid * self.n_agents))
+            stats["value_mean"] = float((values[:, :t_len] * mask).sum() / (n_valid * self.n_agents))
+        return stats
+
+    def state_dict(self) -> dict:
+        state = {"mac": self.mac.state_dict(), "critic": self.critic.state_dict(),
+                 "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict()}
+        if self.value_norm is not None:
+            state["value_norm"] = self.value_norm.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = {"mac", "critic", "actor_optim", "critic_optim"} | ({"value_norm"} if self.value_norm else set())
+        if set(state) != expected:
+            raise ValueError(f"IPPO learner state has keys {sorted(state)}, expected {sorted(expected)} "
+                             "(was it saved with a different learner or use_value_norm setting?)")
+        self.mac.load_state_dict(state["mac"])
+        self.critic.load_state_dict(state["critic"])
+        self.actor_optim.load_state_dict(state["actor_optim"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        if self.value_norm is not None:
+            self.value_norm.load_state_dict(state["value_norm"])

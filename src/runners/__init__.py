@@ -1,0 +1,6 @@
+"""Runners: ``REGISTRY[name](env: BatchedMultiAgentEnv, mac, cfg, device)``."""
+from .episode_runner import EpisodeRunner
+
+REGISTRY = {
+    "episode": EpisodeRunner,
+}

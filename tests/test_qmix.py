@@ -1,0 +1,146 @@
+"""QMIX: exploration schedule, action masking, replay buffer, target updates, parameter sharing, exact
+state_dict round trips."""
+import copy
+
+import pytest
+import torch
+
+from alg_helpers import ToyBatchedEnv, build, make_cfg
+from components.action_selectors import CategoricalSelector, EpsilonGreedySelector
+from components.replay_buffer import EpisodeReplayBuffer
+from components.schedules import LinearSchedule
+
+
+def test_epsilon_schedule_is_linear_then_flat():
+    cfg = make_cfg("qmix")
+    assert (cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_time) == (1.0, 0.05, 50000)
+    sel = EpsilonGreedySelector(cfg)
+    assert sel.epsilon(0) == 1.0
+    assert sel.epsilon(25000) == pytest.approx(0.525)
+    assert sel.epsilon(50000) == pytest.approx(0.05) and sel.epsilon(10**7) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="duration"):
+        LinearSchedule(1.0, 0.05, 0)
+
+
+@pytest.mark.parametrize("t_env", [0, 10**6])
+@pytest.mark.parametrize("test_mode", [False, True])
+def test_unavailable_actions_are_never_selected(t_env, test_mode):
+    torch.manual_seed(0)
+    avail = torch.rand(4000, 3, 9) < 0.3
+    avail[..., 4] = True
+    q = torch.randn(4000, 3, 9) * 100
+    q[~avail] += 1e6  # the best-looking actions are unavailable
+    for sel in (EpsilonGreedySelector(make_cfg("qmix")), CategoricalSelector(make_cfg("ippo"))):
+        actions = sel.select(q, avail, t_env, test_mode)
+        assert avail.gather(-1, actions.unsqueeze(-1)).all()
+    greedy = EpsilonGreedySelector(make_cfg("qmix")).select(q, avail, t_env, True)
+    assert torch.equal(greedy, q.masked_fill(~avail, -float("inf")).argmax(-1))
+
+
+def test_epsilon_one_explores_uniformly_over_available_actions():
+    torch.manual_seed(0)
+    avail = torch.zeros(30000, 1, 5, dtype=torch.bool)
+    avail[..., [0, 2, 3]] = True
+    actions = EpsilonGreedySelector(make_cfg("qmix")).select(torch.randn(30000, 1, 5), avail, 0, False)
+    counts = torch.bincount(actions.flatten(), minlength=5).float() / 30000
+    torch.testing.assert_close(counts, torch.tensor([1 / 3, 0, 1 / 3, 1 / 3, 0]), atol=0.02, rtol=0)
+
+
+def _batches(n, seed=0, n_envs=8):
+    _, _, _, _, runner = build("qmix", env=ToyBatchedEnv(n_envs=n_envs, seed=seed), torch_seed=seed)
+    return [runner.run(test_mode=False, t_env=0)[0] for _ in range(n)]
+
+
+def test_replay_buffer_ring_and_padding():
+    env = ToyBatchedEnv()
+    buf = EpisodeReplayBuffer(10, env.get_env_info(), seed=0)
+    batches = _batches(3, n_envs=4)
+    for b in batches:
+        buf.insert(b)
+    assert len(buf) == 10 and buf.next_slot == 2
+    # the third batch went to slots 8, 9, 0, 1; no stale transitions remain after its episodes' ends
+    third = batches[2]
+    for slot, episode in ((8, 0), (9, 1), (0, 2), (1, 3)):
+        length = int(third.filled[episode].sum())
+        assert buf.storage["filled"][slot].sum() == length
+        assert torch.equal(buf.storage["obs"][slot, : third.max_t + 1], third.obs[episode])
+    sample = buf.sample(6)
+    assert sample.batch_size == 6 and sample.max_t == int(sample.filled.sum(1).max())
+    with pytest.raises(ValueError, match="cannot sample 11"):
+        buf.sample(11)
+
+
+def test_replay_buffer_state_round_trip_resumes_sampling():
+    env = ToyBatchedEnv()
+    a = EpisodeReplayBuffer(20, env.get_env_info(), seed=1)
+    for b in _batches(2):
+        a.insert(b)
+    a.sample(4)
+    b = EpisodeReplayBuffer(20, env.get_env_info(), seed=2)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    sa, sb = a.sample(5), b.sample(5)
+    assert torch.equal(sa.obs, sb.obs) and torch.equal(sa.actions, sb.actions)
+
+
+def test_train_waits_for_a_full_batch_then_updates():
+    _, _, mac, learner, _ = build("qmix", batch_size=12)
+    b1, b2 = _batches(2)
+    assert learner.train(b1, t_env=50, episode=8) == {}
+    before = copy.deepcopy(mac.state_dict())
+    stats = learner.train(b2, t_env=100, episode=16)
+    assert {"loss", "grad_norm", "td_error_abs", "q_taken_mean", "target_mean", "epsilon"} <= set(stats)
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert any(not torch.equal(v, mac.state_dict()[k]) for k, v in before.items())
+
+
+def test_target_networks_update_every_interval_episodes():
+    _, _, mac, learner, _ = build("qmix", batch_size=8, target_update_interval=20)
+    b = _batches(1)[0]
+    target0 = copy.deepcopy(learner.target_mac.state_dict())
+    learner.train(b, 0, episode=8)
+    learner.train(b, 0, episode=16)
+    assert all(torch.equal(v, learner.target_mac.state_dict()[k]) for k, v in target0.items())
+    learner.train(b, 0, episode=24)  # 24 - 0 >= 20: copy
+    for k, v in mac.state_dict().items():
+        assert torch.equal(v, learner.target_mac.state_dict()[k])
+    for k, v in learner.mixer.state_dict().items():
+        assert torch.equal(v, learner.target_mixer.state_dict()[k])
+    assert learner.last_target_update_episode == 24
+
+
+@pytest.mark.parametrize("overrides", [{}, {"double_q": False, "td_lambda": 0.6}, {"agent_parameter_sharing": True}])
+def test_state_dict_round_trip_gives_identical_updates(overrides):
+    batches = _batches(3)
+    _, _, mac_a, learner_a, _ = build("qmix", batch_size=8, torch_seed=0, **overrides)
+    learner_a.train(batches[0], 0, 8)
+    learner_a.train(batches[1], 0, 16)
+    saved = copy.deepcopy(learner_a.state_dict())
+    _, _, mac_b, learner_b, _ = build("qmix", batch_size=8, torch_seed=5, **overrides)
+    learner_b.load_state_dict(saved)
+    assert learner_a.train(batches[2], 0, 24) == learner_b.train(batches[2], 0, 24)
+    sa, sb = learner_a.state_dict(), learner_b.state_dict()
+    for part in ("mac", "target_mac", "mixer", "target_mixer"):
+        for k, v in sa[part].items():
+            assert torch.equal(v, sb[part][k]), (part, k)
+
+
+def test_parameter_sharing_uses_one_network_for_all_agents():
+    _, env, mac, _, runner = build("qmix", agent_parameter_sharing=True)
+    _, _, unshared, _, _ = build("qmix")
+    assert all(p.shape[0] == 1 for p in mac.parameters())
+    n_shared = sum(p.numel() for p in mac.parameters())
+    assert sum(p.numel() for p in unshared.parameters()) == env.n_agents * n_shared
+    batch, _ = runner.run(test_mode=False, t_env=0)
+    q, hidden = mac.forward(mac.sequence_inputs(batch), mac.init_hidden(batch.batch_size))
+    assert q.shape == (env.n_agents, batch.max_t + 1, batch.batch_size, env.n_actions)
+    # folding agents into the batch is exact: agent k's output is the shared net on agent k's inputs
+    x = mac.sequence_inputs(batch)
+    q1, _ = mac.agent(x[1:2], mac.init_hidden(batch.batch_size)[1:2])
+    torch.testing.assert_close(q[1], q1[0])
+
+
+def test_load_state_dict_rejects_foreign_state():
+    _, _, _, learner, _ = build("qmix")
+    _, _, _, ippo, _ = build("ippo")
+    with pytest.raises(ValueError, match="different learner"):
+        learner.load_state_dict(ippo.state_dict())
