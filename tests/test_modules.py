@@ -76,6 +76,32 @@ def test_stacked_gru_equals_k_gru_cells(t_len):
     torch.testing.assert_close(stacked(x, h0), torch.stack(expected))
 
 
+def test_gru_cell_backward_matches_autograd():
+    torch.manual_seed(0)
+    gru = StackedGRU(2, 3, 4).double()
+    x, h0 = torch.randn(2, 3, 5, 3, dtype=torch.double), torch.randn(2, 5, 4, dtype=torch.double)
+    assert torch.autograd.gradcheck(lambda x, h: gru(x, h), (x.requires_grad_(), h0.requires_grad_()))
+    # and the parameter gradients equal those of K nn.GRUCells
+    cells = [nn.GRUCell(3, 4).double() for _ in range(2)]
+    with torch.no_grad():
+        for k, cell in enumerate(cells):
+            cell.weight_ih.copy_(gru.weight_ih[k].t())
+            cell.weight_hh.copy_(gru.weight_hh[k].t())
+            cell.bias_ih.copy_(gru.bias_ih[k])
+            cell.bias_hh.copy_(gru.bias_hh[k])
+    gru(x, h0).pow(2).sum().backward()
+    for k, cell in enumerate(cells):
+        h = h0[k].detach()
+        loss = 0
+        for t in range(3):
+            h = cell(x[k, t].detach(), h)
+            loss = loss + h.pow(2).sum()
+        loss.backward()
+        torch.testing.assert_close(gru.weight_hh.grad[k], cell.weight_hh.grad.t())
+        torch.testing.assert_close(gru.weight_ih.grad[k], cell.weight_ih.grad.t())
+        torch.testing.assert_close(gru.bias_hh.grad[k], cell.bias_hh.grad)
+
+
 def test_clip_grad_norm_per_stack_equals_separate_clipping():
     torch.manual_seed(0)
     layer = StackedLinear(K, 6, 5)
@@ -93,6 +119,45 @@ def test_clip_grad_norm_per_stack_equals_separate_clipping():
         torch.testing.assert_close(layer.weight.grad[k], wg)
         torch.testing.assert_close(layer.bias.grad[k], bg)
     assert norms[0] < 10 < norms[-1]  # both regimes exercised
+
+
+def _copy_linear(stacked: StackedLinear, k: int, lin: nn.Linear) -> None:
+    lin.weight.copy_(stacked.weight[k].t())
+    lin.bias.copy_(stacked.bias[k])
+
+
+def _copy_norm(stacked: StackedLayerNorm, k: int, ln: nn.LayerNorm) -> None:
+    ln.weight.copy_(stacked.weight[k])
+    ln.bias.copy_(stacked.bias[k])
+
+
+@torch.no_grad()
+def test_layer_norm_rnn_equals_separate_unfused_torch_networks():
+    """The stacked net (LayerNorms fused into the following linear maps) computes, for each agent, the
+    reference network built from plain torch modules."""
+    torch.manual_seed(0)
+    net = LayerNormRNN(3, 10, 4, 16, head_gain=0.5)
+    for p in net.parameters():  # move LayerNorm affines and biases away from their trivial init
+        p.add_(0.1 * torch.randn_like(p))
+    x, h0 = torch.randn(3, 5, 7, 10), torch.randn(3, 7, 16)
+    out, hidden = net(x, h0)
+    for k in range(3):
+        ln_in, ln1, ln2, ln_out = (nn.LayerNorm(d) for d in (10, 16, 16, 16))
+        fc1, fc2, head, gru = nn.Linear(10, 16), nn.Linear(16, 16), nn.Linear(16, 4), nn.GRUCell(16, 16)
+        for stacked, mod in ((net.norm_in, ln_in), (net.norm1, ln1), (net.norm2, ln2), (net.norm_out, ln_out)):
+            _copy_norm(stacked, k, mod)
+        for stacked, mod in ((net.fc1, fc1), (net.fc2, fc2), (net.head, head)):
+            _copy_linear(stacked, k, mod)
+        gru.weight_ih.copy_(net.rnn.weight_ih[k].t())
+        gru.weight_hh.copy_(net.rnn.weight_hh[k].t())
+        gru.bias_ih.copy_(net.rnn.bias_ih[k])
+        gru.bias_hh.copy_(net.rnn.bias_hh[k])
+        h = h0[k]
+        for t in range(5):
+            z = ln2(torch.relu(fc2(ln1(torch.relu(fc1(ln_in(x[k, t])))))))
+            h = gru(z, h)
+            torch.testing.assert_close(hidden[k, t], h)
+            torch.testing.assert_close(out[k, t], head(ln_out(h)))
 
 
 def test_layer_norm_rnn_shapes_and_reference_init():

@@ -139,6 +139,13 @@ def test_parameter_sharing_uses_one_network_for_all_agents():
     torch.testing.assert_close(q[1], q1[0])
 
 
+def test_learners_check_their_action_selector():
+    with pytest.raises(ValueError, match="action_selector=epsilon_greedy"):
+        build("qmix", action_selector="categorical")
+    with pytest.raises(ValueError, match="action_selector=categorical"):
+        build("ippo", action_selector="epsilon_greedy")
+
+
 def test_load_state_dict_rejects_foreign_state():
     _, _, _, learner, _ = build("qmix")
     _, _, _, ippo, _ = build("ippo")

@@ -102,3 +102,22 @@ def test_runner_on_embedded_simulator(map_name):
     test_batch, test_stats = runner.run(test_mode=True, t_env=0)
     _check_batch(test_batch, test_stats, env.get_env_info(), 8)
     env.close()
+
+
+@pytest.mark.parametrize("alg", ["ippo", "qmix"])
+def test_same_seed_gives_identical_training(alg):
+    """Rollouts (action sampling) and updates (incl. QMIX's replay sampling) are deterministic on CPU."""
+    results = []
+    for _ in range(2):
+        _, env, mac, learner, runner = build(alg, env=ToyBatchedEnv(n_envs=8, seed=9), torch_seed=4,
+                                             batch_size=8, ppo_epochs=2)
+        stats = []
+        t_env = 0
+        for it in range(3):
+            batch, run_stats = runner.run(test_mode=False, t_env=t_env)
+            t_env += run_stats["env_steps"]
+            stats.append(learner.train(batch, t_env, 8 * (it + 1)))
+        results.append((stats, {k: v.clone() for k, v in mac.state_dict().items()}))
+    assert results[0][0] == results[1][0]
+    for k, v in results[0][1].items():
+        assert torch.equal(v, results[1][1][k]), k

@@ -22,7 +22,7 @@ import copy
 
 import torch
 
-from components.action_selectors import MASKED_LOGIT
+from components.action_selectors import MASKED_LOGIT, EpsilonGreedySelector
 from components.episode_batch import EpisodeBatch
 from components.replay_buffer import EpisodeReplayBuffer
 from modules import lookup, mixers
@@ -34,6 +34,9 @@ class QMIXLearner:
     the buffer holds ``batch_size`` episodes)."""
 
     def __init__(self, mac, env_info: dict, cfg, device: torch.device):
+        if not isinstance(mac.selector, EpsilonGreedySelector):
+            raise ValueError(f"QMIX acts epsilon-greedily on its Q-values: set action_selector=epsilon_greedy "
+                             f"(got {cfg.action_selector!r})")
         self.mac, self.cfg, self.device = mac, cfg, device
         self.target_mac = copy.deepcopy(mac)
         self.mixer = lookup(mixers.REGISTRY, cfg.mixer, "mixer")(env_info["n_agents"], env_info["state_shape"], cfg)

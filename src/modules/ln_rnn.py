@@ -37,7 +37,9 @@ class LayerNormRNN(nn.Module):
         self.head = StackedLinear(n_stacks, hidden_dim, output_dim, init_gain=head_gain)
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.norm1(F.relu(self.fc1(self.norm_in(x))))
-        z = self.norm2(F.relu(self.fc2(z)))
-        hidden = self.rnn(z, h0)
-        return self.head(self.norm_out(hidden)), hidden
+        # each LayerNorm is fused into the linear map that follows it (modules.stacked._bmm_bias)
+        z = F.relu(self.fc1(x, norm=self.norm_in))
+        z = F.relu(self.fc2(z, norm=self.norm1))
+        hidden = self.rnn(z, h0, input_norm=self.norm2)
+        return self.head(hidden, norm=self.norm_out), hidden
+

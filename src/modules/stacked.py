@@ -2,7 +2,7 @@
 
 Every parameter carries a leading "stack" dimension of size ``K``: slice ``k`` is the whole of network
 ``k``'s parameter and nothing else. Inputs are laid out ``[K, M, features]`` (or ``[K, T, M, features]``
-for sequences), and each layer is one batched matmul (``torch.baddbmm``) over the K stacks, so the
+for sequences), and each layer is one batched matmul (``torch.bmm``) over the K stacks, so the
 result is mathematically K separate networks evaluated in a single call. With ``K = 1`` the same layers
 give one network shared by everything folded into ``M``.
 
@@ -36,6 +36,22 @@ def _orthogonal_stack_(weight: torch.Tensor, gain: float) -> None:
         weight.copy_(q.transpose(1, 2) * gain)
 
 
+def _bmm_bias(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              norm: StackedLayerNorm | None = None) -> torch.Tensor:
+    """``x [K, M, in] @ weight [K, in, out] + bias [K, out]``, optionally of ``norm(x)``.
+
+    A bmm and an in-place bias add: about 1.5x faster on CPU than ``baddbmm`` with a broadcast bias.
+    A preceding LayerNorm's affine map is folded into the weights,
+    ``(x̂ g + b) W + c = x̂ (g W) + (b W + c)``, which saves two passes over the activations forward and
+    four backward; the parameters and the maths are unchanged.
+    """
+    if norm is not None:
+        x = F.layer_norm(x, (x.shape[-1],), eps=norm.eps)
+        bias = torch.baddbmm(bias.unsqueeze(1), norm.bias.unsqueeze(1), weight).squeeze(1)
+        weight = norm.weight.unsqueeze(-1) * weight
+    return torch.bmm(x, weight).add_(bias.unsqueeze(1))
+
+
 class StackedLinear(nn.Module):
     """K independent ``nn.Linear(in_features, out_features)``: ``[K, ..., in] -> [K, ..., out]``.
 
@@ -60,10 +76,10 @@ class StackedLinear(nn.Module):
             _orthogonal_stack_(self.weight, init_gain)
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [K, *batch, in] -> [K, *batch, out]``."""
+    def forward(self, x: torch.Tensor, norm: StackedLayerNorm | None = None) -> torch.Tensor:
+        """``x [K, *batch, in] -> [K, *batch, out]``; with ``norm``, of ``norm(x)`` (fused)."""
         k, *batch, _ = x.shape
-        out = torch.baddbmm(self.bias.unsqueeze(1), x.reshape(k, -1, self.in_features), self.weight)
+        out = _bmm_bias(x.reshape(k, -1, self.in_features), self.weight, self.bias, norm)
         return out.view(k, *batch, self.out_features)
 
     def extra_repr(self) -> str:
@@ -71,7 +87,11 @@ class StackedLinear(nn.Module):
 
 
 class StackedLayerNorm(nn.Module):
-    """K independent ``nn.LayerNorm(dim)``: ``[K, ..., dim] -> [K, ..., dim]``; weight, bias ``[K, dim]``."""
+    """K independent ``nn.LayerNorm(dim)``: ``[K, ..., dim] -> [K, ..., dim]``; weight, bias ``[K, dim]``.
+
+    When a stacked linear layer follows, pass this module to it (``linear(x, norm=ln)``) instead of
+    calling it: the result is the same and cheaper.
+    """
 
     def __init__(self, n_stacks: int, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -116,27 +136,59 @@ class StackedGRU(nn.Module):
             nn.init.zeros_(self.bias_ih)
             nn.init.zeros_(self.bias_hh)
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-        """Run a sequence. ``x [K, T, M, in]``, ``h0 [K, M, H]`` -> hidden states ``[K, T, M, H]``."""
+    def forward(self, x: torch.Tensor, h0: torch.Tensor, input_norm: StackedLayerNorm | None = None) -> torch.Tensor:
+        """Run a sequence. ``x [K, T, M, in]``, ``h0 [K, M, H]`` -> hidden states ``[K, T, M, H]``.
+        ``input_norm``: a LayerNorm applied to ``x`` first (fused into the input projection)."""
         k, t_len, m, _ = x.shape
-        gi = torch.baddbmm(self.bias_ih.unsqueeze(1), x.reshape(k, t_len * m, self.input_dim), self.weight_ih)
+        gi = _bmm_bias(x.reshape(k, t_len * m, self.input_dim), self.weight_ih, self.bias_ih, input_norm)
         if t_len == 1:  # no recurrence: avoid slicing (its backward allocates and fills a full-size tensor)
             return self.cell(gi, h0).unsqueeze(1)
-        gi = gi.view(k, t_len, m, 3 * self.hidden_dim)
         h, out = h0, []
-        for t in range(t_len):
-            h = self.cell(gi[:, t], h)
+        # unbind, not gi[:, t]: each slice's backward would zero-fill a full-size tensor (O(T²) work)
+        for gi_t in gi.view(k, t_len, m, 3 * self.hidden_dim).unbind(1):
+            h = self.cell(gi_t, h)
             out.append(h)
         return torch.stack(out, dim=1)
 
     def cell(self, gi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """One step from a precomputed input projection ``gi [K, M, 3H]`` and ``h [K, M, H]``."""
-        gh = torch.baddbmm(self.bias_hh.unsqueeze(1), h, self.weight_hh)
-        sizes = (2 * self.hidden_dim, self.hidden_dim)
-        (i_rz, i_n), (h_rz, h_n) = gi.split(sizes, dim=-1), gh.split(sizes, dim=-1)
-        r, z = torch.sigmoid(i_rz + h_rz).chunk(2, dim=-1)
-        n = torch.tanh(torch.addcmul(i_n, r, h_n))
-        return torch.lerp(n, h, z)  # (1 - z) * n + z * h
+        return _GRUCellFunction.apply(gi, _bmm_bias(h, self.weight_hh, self.bias_hh), h)
+
+
+class _GRUCellFunction(torch.autograd.Function):
+    """``nn.GRUCell``'s gates from the two projections ``gi = x W_ih + b_ih`` and ``gh = h W_hh + b_hh``
+    (``[..., 3H]``, gate order r, z, n)::
+
+        r, z = σ(gi_rz + gh_rz);  n = tanh(gi_n + r ⊙ gh_n);  h' = (1 - z) ⊙ n + z ⊙ h
+
+    with a hand-written backward that writes the gate gradients straight into one ``[..., 3H]`` tensor
+    per projection; autograd's version splits and re-concatenates them, which costs about a fifth of a
+    training step on CPU. Checked against autograd in ``tests/test_modules.py``.
+    """
+
+    @staticmethod
+    def forward(ctx, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        hd = h.shape[-1]
+        rz = torch.sigmoid(gi[..., : 2 * hd] + gh[..., : 2 * hd])
+        n = torch.tanh(torch.addcmul(gi[..., 2 * hd:], rz[..., :hd], gh[..., 2 * hd:]))
+        ctx.save_for_backward(rz, n, h, gh)
+        return torch.lerp(n, h, rz[..., hd:])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rz, n, h, gh = ctx.saved_tensors
+        hd = h.shape[-1]
+        grad_h = grad * rz[..., hd:]                                  # d h  (direct path, z ⊙ grad)
+        d_n = torch.ops.aten.tanh_backward(grad - grad_h, n)          # d(gi_n) = (1 - z) grad (1 - n²)
+        d_rz = torch.empty_like(rz)                                   # d r, d z before the sigmoids
+        torch.mul(d_n, gh[..., 2 * hd:], out=d_rz[..., :hd])
+        torch.mul(grad, h - n, out=d_rz[..., hd:])
+        grad_gi, grad_gh = torch.empty_like(gh), torch.empty_like(gh)
+        torch.ops.aten.sigmoid_backward.grad_input(d_rz, rz, grad_input=grad_gi[..., : 2 * hd])
+        grad_gi[..., 2 * hd:] = d_n
+        grad_gh[..., : 2 * hd] = grad_gi[..., : 2 * hd]
+        torch.mul(d_n, rz[..., :hd], out=grad_gh[..., 2 * hd:])     # d(gh_n) = d(gi_n) ⊙ r
+        return grad_gi, grad_gh, grad_h
 
 
 @torch.no_grad()
