@@ -98,6 +98,46 @@ class _Chunker:
         return starts.reshape(starts.shape[0], -1, starts.shape[-1])[:, self.keep]
 
 
+class _LiveTransitions:
+    """The transitions where an agent has a choice, for the actor update without BPTT.
+
+    Where an agent has exactly one available action (a dead SMAC agent's no-op), its policy is
+    deterministic whatever the parameters: ``log π = 0`` and entropy 0, so those transitions add nothing
+    to the actor's gradient. Each agent's network runs on its own remaining transitions only (one
+    network per call, so the work for agent i never depends on another agent's data), and the results
+    are put back into the full ``[N, 1, M]`` layout with zeros elsewhere: the losses equal the full
+    computation's.
+    """
+
+    def __init__(self, x: torch.Tensor, h0: torch.Tensor, avail: torch.Tensor, actions: torch.Tensor):
+        """``x [N, 1, M, in]``, ``h0 [N, M, H]``, ``avail [N, 1, M, A]``, ``actions [N, 1, M]``."""
+        self.shape = actions.shape
+        n, _, m = self.shape
+        self.agents, self.flat_index, self.inputs = [], [], []
+        for k in range(n):
+            idx = (avail[k, 0].sum(-1) > 1).nonzero().squeeze(-1)
+            if idx.numel():
+                self.agents.append(k)
+                self.flat_index.append(k * m + idx)
+                self.inputs.append((x[k:k + 1, :, idx], h0[k:k + 1, idx], avail[k:k + 1, :, idx],
+                                    actions[k:k + 1, :, idx]))
+        self.flat_index = torch.cat(self.flat_index) if self.flat_index else None
+
+    def log_prob_entropy(self, actor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log π(a) [N, 1, M], entropy [N, 1, M])`` of the stacked ``actor``."""
+        zeros = torch.zeros(self.shape.numel(), device=self.inputs[0][0].device if self.inputs else None)
+        if self.flat_index is None:
+            return zeros.view(self.shape), zeros.view(self.shape)
+        logps, entropies = [], []
+        for k, (x, h0, avail, actions) in zip(self.agents, self.inputs):
+            logits, _ = actor(x, h0, stacks=slice(k, k + 1))
+            logp, entropy = _log_prob_entropy(logits, avail, actions)
+            logps.append(logp.reshape(-1))
+            entropies.append(entropy.reshape(-1))
+        put = lambda values: zeros.index_put((self.flat_index,), torch.cat(values)).view(self.shape)  # noqa: E731
+        return put(logps), put(entropies)
+
+
 class IPPOLearner:
     """``IPPOLearner(mac, env_info, cfg, device)``; see the module docstring.
 
@@ -165,6 +205,7 @@ class IPPOLearner:
             c_mask = chunks.cut(mask.unsqueeze(0)) if chunks.chunk_len > 1 else None
             c_actions, c_avail, c_old_logp, c_adv, c_targets, c_old_values = (
                 chunks.cut(y) for y in (actions, avail, old_logp, adv, targets, old_values[:, :t_len]))
+            live = _LiveTransitions(x, h0_actor, c_avail, c_actions) if c_mask is None else None
 
         def agent_mean(y: torch.Tensor) -> torch.Tensor:
             """``[N, L, M]`` -> ``[N]``: each agent's mean over the batch's real transitions."""
@@ -172,8 +213,12 @@ class IPPOLearner:
 
         sums = torch.zeros(7, device=self.device)
         for _ in range(cfg.ppo_epochs):
-            logits, v, _, _ = self._actor_critic(x, h0_actor, h0_critic)
-            logp, entropy = _log_prob_entropy(logits, c_avail, c_actions)
+            if live is None:
+                logits, v, _, _ = self._actor_critic(x, h0_actor, h0_critic)
+                logp, entropy = _log_prob_entropy(logits, c_avail, c_actions)
+            else:
+                v, _ = self.critic(x, h0_critic)
+                logp, entropy = live.log_prob_entropy(self.mac.agent)
             policy_loss = -agent_mean(ppo_surrogate(logp, c_old_logp, c_adv, cfg.ppo_clip))  # [N]
             mean_entropy = agent_mean(entropy)                                                 # [N]
             actor_loss = (policy_loss - cfg.entropy_coef * mean_entropy).sum()

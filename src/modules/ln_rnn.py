@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stacked import StackedGRU, StackedLayerNorm, StackedLinear
+from .stacked import ALL_STACKS, StackedGRU, StackedLayerNorm, StackedLinear
 
 
 class LayerNormRNN(nn.Module):
@@ -36,10 +36,12 @@ class LayerNormRNN(nn.Module):
         self.norm_out = StackedLayerNorm(n_stacks, hidden_dim)
         self.head = StackedLinear(n_stacks, hidden_dim, output_dim, init_gain=head_gain)
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, h0: torch.Tensor,
+                stacks: slice = ALL_STACKS) -> tuple[torch.Tensor, torch.Tensor]:
+        """``stacks`` runs only those networks (``x``, ``h0`` then hold just their inputs)."""
         # each LayerNorm is fused into the linear map that follows it (modules.stacked._bmm_bias)
-        z = F.relu(self.fc1(x, norm=self.norm_in))
-        z = F.relu(self.fc2(z, norm=self.norm1))
-        hidden = self.rnn(z, h0, input_norm=self.norm2)
-        return self.head(hidden, norm=self.norm_out), hidden
+        z = F.relu(self.fc1(x, norm=self.norm_in, stacks=stacks))
+        z = F.relu(self.fc2(z, norm=self.norm1, stacks=stacks))
+        hidden = self.rnn(z, h0, input_norm=self.norm2, stacks=stacks)
+        return self.head(hidden, norm=self.norm_out, stacks=stacks), hidden
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.stacked import StackedGRU, StackedLinear
+from modules.stacked import ALL_STACKS, StackedGRU, StackedLinear
 
 
 class RNNAgent(nn.Module):
@@ -22,6 +22,8 @@ class RNNAgent(nn.Module):
         self.rnn = StackedGRU(n_stacks, cfg.hidden_dim, cfg.hidden_dim)
         self.fc2 = StackedLinear(n_stacks, cfg.hidden_dim, n_actions)
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.rnn(F.relu(self.fc1(x)), h0)
-        return self.fc2(hidden), hidden
+    def forward(self, x: torch.Tensor, h0: torch.Tensor,
+                stacks: slice = ALL_STACKS) -> tuple[torch.Tensor, torch.Tensor]:
+        """``stacks`` runs only those networks (``x``, ``h0`` then hold just their inputs)."""
+        hidden = self.rnn(F.relu(self.fc1(x, stacks=stacks)), h0, stacks=stacks)
+        return self.fc2(hidden, stacks=stacks), hidden
