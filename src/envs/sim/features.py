@@ -122,6 +122,27 @@ def build_avail_actions(x, y, health, pathing, n_agents, move_amount, out):
                         out[b, i, N_ACTIONS_NO_ATTACK + e - n_agents] = 1
 
 
+@numba.njit(cache=True, inline="always")
+def _fill_unit_row(out, b, i, o, dist, dx, dy, health, shield, health_max, shield_max, type_col,
+                   obs_all_health, shield_bits, type_bits):
+    """Write one visible unit's ``[dist, dx, dy, (health, (shield)), (type one-hot)]`` features at
+    ``out[b, i, o:]`` (distances over the sight range); returns the index after them."""
+    out[b, i, o] = dist / SIGHT_RANGE
+    out[b, i, o + 1] = dx / SIGHT_RANGE
+    out[b, i, o + 2] = dy / SIGHT_RANGE
+    k = o + 3
+    if obs_all_health:
+        out[b, i, k] = health / health_max
+        k += 1
+        if shield_bits > 0:
+            out[b, i, k] = shield / shield_max
+            k += 1
+    if type_bits > 0:
+        out[b, i, k + type_col] = 1.0
+        k += type_bits
+    return k
+
+
 @numba.njit(cache=True)
 def build_obs(x, y, health, shield, health_max, shield_max, type_col, avail, pathing, last_action,
               episode_steps, episode_limit, n_agents, move_amount, type_bits, shield_bits_ally,
@@ -170,18 +191,9 @@ def build_obs(x, y, health, shield, health_max, shield_max, type_col, avail, pat
                 if dist < SIGHT_RANGE and health[b, u] > 0:
                     o = base + e * nf_en
                     out[b, i, o] = avail[b, i, N_ACTIONS_NO_ATTACK + e]
-                    out[b, i, o + 1] = dist / SIGHT_RANGE
-                    out[b, i, o + 2] = (x[b, u] - px) / SIGHT_RANGE
-                    out[b, i, o + 3] = (y[b, u] - py) / SIGHT_RANGE
-                    k = o + 4
-                    if obs_all_health:
-                        out[b, i, k] = health[b, u] / health_max[u]
-                        k += 1
-                        if shield_bits_enemy > 0:
-                            out[b, i, k] = shield[b, u] / shield_max[u]
-                            k += 1
-                    if type_bits > 0:
-                        out[b, i, k + type_col[u]] = 1.0
+                    _fill_unit_row(out, b, i, o + 1, dist, x[b, u] - px, y[b, u] - py, health[b, u],
+                                   shield[b, u], health_max[u], shield_max[u], type_col[u], obs_all_health,
+                                   shield_bits_enemy, type_bits)
             base += n_enemies * nf_en
             slot = 0
             for j in range(n_agents):
@@ -191,19 +203,9 @@ def build_obs(x, y, health, shield, health_max, shield_max, type_col, avail, pat
                 if dist < SIGHT_RANGE and health[b, j] > 0:
                     o = base + slot * nf_al
                     out[b, i, o] = 1.0
-                    out[b, i, o + 1] = dist / SIGHT_RANGE
-                    out[b, i, o + 2] = (x[b, j] - px) / SIGHT_RANGE
-                    out[b, i, o + 3] = (y[b, j] - py) / SIGHT_RANGE
-                    k = o + 4
-                    if obs_all_health:
-                        out[b, i, k] = health[b, j] / health_max[j]
-                        k += 1
-                        if shield_bits_ally > 0:
-                            out[b, i, k] = shield[b, j] / shield_max[j]
-                            k += 1
-                    if type_bits > 0:
-                        out[b, i, k + type_col[j]] = 1.0
-                        k += type_bits
+                    k = _fill_unit_row(out, b, i, o + 1, dist, x[b, j] - px, y[b, j] - py, health[b, j],
+                                       shield[b, j], health_max[j], shield_max[j], type_col[j],
+                                       obs_all_health, shield_bits_ally, type_bits)
                     if obs_last_action and last_action[b, j] >= 0:
                         out[b, i, k + last_action[b, j]] = 1.0
                 slot += 1
