@@ -1,0 +1,1 @@
+"""Framework utilities: logging, checkpoints, returns (GAE, TD(lambda)) and plotting."""
