@@ -28,8 +28,7 @@ def bench(alg: str, map_name: str, steps: int, extra: dict) -> dict:
     cfg = load_config(alg, "sc2", {"env_args.map_name": map_name, "env_args.backend": "sim", "seed": 1,
                                    **extra})
     seed_everything(cfg.seed)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(cfg.torch_threads or os.cpu_count())
     train_env, test_env = build_envs(cfg, replay_dir=None)
     parts = build_components(cfg, train_env, test_env, torch.device("cpu"))
     t_env = episode = 0
@@ -59,7 +58,7 @@ def bench(alg: str, map_name: str, steps: int, extra: dict) -> dict:
     parts.close()
     return {"alg": alg, "map": map_name, "env_steps": t_env - start_t, "seconds": elapsed,
             "rate": (t_env - start_t) / elapsed, **{k: v / elapsed for k, v in timings.items()},
-            "batch_size_run": cfg.batch_size_run}
+            "batch_size_run": cfg.batch_size_run, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -68,13 +67,12 @@ def main() -> None:
     parser.add_argument("--map", default="5m_vs_6m")
     parser.add_argument("--steps", type=int, default=200_000, help="timed env steps per algorithm")
     args = parser.parse_args()
-    print(f"end-to-end training throughput on {args.map}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
-    print(f"{'alg':<6} {'envs/run':>8} {'env steps':>10} {'seconds':>8} {'env steps/s':>12}   "
+    print(f"end-to-end training throughput on {args.map}, {os.cpu_count()} CPU cores, torch {torch.__version__}")
+    print(f"{'alg':<6} {'threads':>7} {'envs/run':>8} {'env steps':>10} {'seconds':>8} {'env steps/s':>12}   "
           f"share of time: rollout / train / test")
     for alg in args.algs:
         r = bench(alg, args.map, args.steps, {})
-        print(f"{r['alg']:<6} {r['batch_size_run']:>8} {r['env_steps']:>10,} {r['seconds']:>8.1f} "
+        print(f"{r['alg']:<6} {r['threads']:>7} {r['batch_size_run']:>8} {r['env_steps']:>10,} {r['seconds']:>8.1f} "
               f"{r['rate']:>12,.0f}   {r['rollout']:.0%} / {r['train']:.0%} / {r['test']:.0%}")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak_mib:,.0f} MiB")
