@@ -111,7 +111,7 @@ class _LiveTransitions:
 
     def __init__(self, x: torch.Tensor, h0: torch.Tensor, avail: torch.Tensor, actions: torch.Tensor):
         """``x [N, 1, M, in]``, ``h0 [N, M, H]``, ``avail [N, 1, M, A]``, ``actions [N, 1, M]``."""
-        self.shape = actions.shape
+        self.shape, self.device = actions.shape, actions.device
         n, _, m = self.shape
         self.agents, self.flat_index, self.inputs = [], [], []
         for k in range(n):
@@ -125,7 +125,7 @@ class _LiveTransitions:
 
     def log_prob_entropy(self, actor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log π(a) [N, 1, M], entropy [N, 1, M])`` of the stacked ``actor``."""
-        zeros = torch.zeros(self.shape.numel(), device=self.inputs[0][0].device if self.inputs else None)
+        zeros = torch.zeros(self.shape.numel(), device=self.device)
         if self.flat_index is None:
             return zeros.view(self.shape), zeros.view(self.shape)
         logps, entropies = [], []

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..multiagentenv import BatchedMultiAgentEnv
 from . import engine
-from .features import (FeatureLayout, SHOOT_RANGE, build_avail_actions, build_obs, build_state)
+from .features import FeatureLayout, build_avail_actions, build_obs, build_state
 from .maps import ALLY_SPAWN, ENEMY_SPAWN, MAP_SIZE, get_scenario
 from .units import UNIT_TYPES
 
