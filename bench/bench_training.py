@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from config.loader import load_config  # noqa: E402
+from utils.cpu_runtime import configure_cpu  # noqa: E402
 from run import build_components, build_envs, seed_everything  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def bench(alg: str, map_name: str, steps: int, extra: dict) -> dict:
     cfg = load_config(alg, "sc2", {"env_args.map_name": map_name, "env_args.backend": "sim", "seed": 1,
                                    **extra})
     seed_everything(cfg.seed)
-    torch.set_num_threads(cfg.torch_threads or os.cpu_count())
+    configure_cpu(cfg.torch_threads or os.cpu_count())
     train_env, test_env = build_envs(cfg, replay_dir=None)
     parts = build_components(cfg, train_env, test_env, torch.device("cpu"))
     t_env = episode = 0

@@ -31,6 +31,7 @@ from config.loader import Config
 from envs.multiagentenv import BatchedMultiAgentEnv
 from utils.checkpoint import (CheckpointError, capture_rng_state, find_checkpoint, load_checkpoint,
                               restore_rng_state, save_checkpoint)
+from utils.cpu_runtime import configure_cpu
 from utils.logging import Logger, StatAccumulator, episode_stat_means
 
 BACKEND_DESCRIPTIONS = {"sim": "the embedded simulator", "starcraft2": "real StarCraft II through SMAC"}
@@ -160,9 +161,10 @@ def build_components(cfg: Config, train_env: BatchedMultiAgentEnv | None, test_e
     mac = controllers.REGISTRY[cfg.mac](env_info, cfg, device)
     learner = learners.REGISTRY[cfg.learner](mac, env_info, cfg, device)
     runner_cls = runners.REGISTRY[cfg.runner]
+    train_runner = None if train_env is None else runner_cls(
+        train_env, mac, cfg, device, record_agent_outputs=learner.trains_on_agent_outputs)
     return Components(train_env=train_env, test_env=test_env, env_info=env_info, mac=mac, learner=learner,
-                      train_runner=None if train_env is None else runner_cls(train_env, mac, cfg, device),
-                      test_runner=runner_cls(test_env, mac, cfg, device))
+                      train_runner=train_runner, test_runner=runner_cls(test_env, mac, cfg, device))
 
 
 def _check_compatible(ckpt: dict, path: str, cfg: Config, parts: Components, resume: bool) -> None:
@@ -312,8 +314,7 @@ def run(_run, cfg: Config, console: logging.Logger) -> dict[str, Any]:
     ckpt_path = find_checkpoint(cfg.checkpoint_path, cfg.load_step) if cfg.checkpoint_path else None
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     seed_everything(cfg.seed)
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
+    configure_cpu(cfg.torch_threads)
     token, dirs = reserve_run_dirs(cfg)
     replay_dir = (cfg.env_args["replay_dir"] or dirs["replays"]) if cfg.save_replay else None
 

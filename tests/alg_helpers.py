@@ -93,5 +93,5 @@ def build(alg: str, env: BatchedMultiAgentEnv | None = None, torch_seed: int = 0
     info, device = env.get_env_info(), torch.device("cpu")
     mac = controllers.REGISTRY[cfg.mac](info, cfg, device)
     learner = learners.REGISTRY[cfg.learner](mac, info, cfg, device)
-    runner = runners.REGISTRY[cfg.runner](env, mac, cfg, device)
+    runner = runners.REGISTRY[cfg.runner](env, mac, cfg, device, record_agent_outputs=learner.trains_on_agent_outputs)
     return cfg, env, mac, learner, runner

@@ -34,8 +34,8 @@ def test_agent_j_loss_has_zero_gradient_on_other_agents(alg):
 
 
 def _altered_for_agent(batch, j: int, seed: int):
-    """Agent j's observations, actions and action masks replaced; everything else (team reward,
-    episode boundaries, other agents' data) unchanged."""
+    """Agent j's observations, actions, action masks and acting-policy records replaced; everything else
+    (team reward, episode boundaries, other agents' data) unchanged."""
     g = torch.Generator().manual_seed(seed)
     alt = batch.clone()
     alt.obs[:, :, j] = torch.randn(alt.obs[:, :, j].shape, generator=g)
@@ -43,6 +43,8 @@ def _altered_for_agent(batch, j: int, seed: int):
     avail[..., 0] = True
     alt.avail_actions[:, :, j] = avail
     alt.actions[:, :, j] = 0  # no-op, always available
+    alt.agent_outputs[:, :, j] = torch.randn(alt.agent_outputs[:, :, j].shape, generator=g)
+    alt.agent_hidden_in[:, 1:, j] = torch.rand(alt.agent_hidden_in[:, 1:, j].shape, generator=g)
     return alt
 
 

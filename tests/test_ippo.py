@@ -85,8 +85,19 @@ def test_first_epoch_reproduces_the_behaviour_policy(bptt, chunk):
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
 
 
-def test_bptt_changes_the_gradient_but_not_the_loss():
+def test_ippo_rejects_a_batch_without_the_acting_policy_records():
+    _, _, _, learner, _ = build("ippo")
     batch = _toy_batch()
+    batch.agent_outputs = None
+    before = copy.deepcopy(learner.state_dict())
+    with pytest.raises(ValueError, match="record_agent_outputs=True"):
+        learner.train(batch, 0, 0)
+    for name, value in learner.state_dict()["mac"].items():
+        assert torch.equal(value, before["mac"][name])
+
+
+def test_bptt_changes_the_gradient_but_not_the_loss():
+    batch = _toy_batch(seed=1)  # collected by the policy the learners start from (torch_seed=1)
     results = {}
     for bptt in (False, True):
         _, _, mac, learner, _ = build("ippo", ppo_epochs=1, bptt=bptt, torch_seed=1)

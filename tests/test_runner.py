@@ -50,6 +50,28 @@ def test_runner_batches_on_toy_env(alg):
         assert batch.terminated[b, lengths[b] - 1] == 0
 
 
+@pytest.mark.parametrize("alg", ["ippo", "qmix"])
+def test_runner_records_the_acting_policy_when_the_learner_trains_on_it(alg):
+    """IPPO's batches carry the outputs and recurrent states the acting policy computed; a forward pass of
+    the controller over the whole episodes reproduces them. QMIX (replay) gets no records."""
+    _, env, mac, learner, runner = build(alg, env=ToyBatchedEnv(n_envs=6, seed=4))
+    batch, _ = runner.run(test_mode=False, t_env=0)
+    if not learner.trains_on_agent_outputs:
+        assert batch.agent_outputs is None and batch.agent_hidden_in is None
+        return
+    t, n = batch.max_t, mac.n_agents
+    assert batch.agent_outputs.shape == (6, t, n, mac.n_actions)
+    assert batch.agent_hidden_in.shape == (6, t, n, mac.hidden_dim)
+    with torch.no_grad():
+        outputs, hidden = mac.forward(mac.sequence_inputs(batch), mac.init_hidden(6))   # [N, T+1, B, ...]
+    real = batch.filled.bool()
+    torch.testing.assert_close(batch.agent_outputs[real], outputs[:, :t].permute(2, 1, 0, 3)[real],
+                               rtol=1e-5, atol=1e-6)
+    assert batch.agent_hidden_in[:, 0].eq(0).all()
+    torch.testing.assert_close(batch.agent_hidden_in[:, 1:][real[:, 1:]],
+                               hidden[:, : t - 1].permute(2, 1, 0, 3)[real[:, 1:]], rtol=1e-5, atol=1e-6)
+
+
 def test_runner_final_observation_and_copy_semantics():
     env = ToyBatchedEnv(n_envs=5, seed=2)
     _, env, _, _, runner = build("ippo", env=env)

@@ -24,6 +24,14 @@ class EpisodeBatch:
     * ``filled`` float32 ``[B, T]``: 1 for real transitions, 0 for padding after the episode's end.
 
     Episode ``b`` has ``filled[b].sum()`` transitions; its final observation is at ``obs[b, len_b]``.
+
+    Optional records of the acting policy (``None`` unless the runner was asked for them; learners that
+    train on the behaviour policy, such as IPPO, need them):
+
+    * ``agent_outputs`` float32 ``[B, T, N, A]``: the agent networks' outputs that chose ``actions``
+      (IPPO: the policy logits, before masking unavailable actions),
+    * ``agent_hidden_in`` float32 ``[B, T, N, H]``: the agent networks' recurrent state entering each
+      transition (zeros at ``t = 0``).
     """
 
     obs: torch.Tensor
@@ -33,18 +41,28 @@ class EpisodeBatch:
     reward: torch.Tensor
     terminated: torch.Tensor
     filled: torch.Tensor
+    agent_outputs: torch.Tensor | None = None
+    agent_hidden_in: torch.Tensor | None = None
 
     @classmethod
-    def zeros(cls, batch_size: int, max_t: int, env_info: dict, device: torch.device | str = "cpu") -> "EpisodeBatch":
-        """An all-zero batch of ``batch_size`` episodes with ``max_t`` transition slots."""
+    def zeros(cls, batch_size: int, max_t: int, env_info: dict, device: torch.device | str = "cpu",
+              agent_hidden_dim: int | None = None) -> "EpisodeBatch":
+        """An all-zero batch of ``batch_size`` episodes with ``max_t`` transition slots; with
+        ``agent_hidden_dim``, also the acting-policy records."""
         b, t, n, a = batch_size, max_t, env_info["n_agents"], env_info["n_actions"]
         z = lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
+        records = {} if agent_hidden_dim is None else {
+            "agent_outputs": z(b, t, n, a), "agent_hidden_in": z(b, t, n, agent_hidden_dim)}
         return cls(obs=z(b, t + 1, n, env_info["obs_shape"]), state=z(b, t + 1, env_info["state_shape"]),
                    avail_actions=z(b, t + 1, n, a, dtype=torch.bool), actions=z(b, t, n, dtype=torch.long),
-                   reward=z(b, t), terminated=z(b, t), filled=z(b, t))
+                   reward=z(b, t), terminated=z(b, t), filled=z(b, t), **records)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields that hold a tensor, by name (the optional records only when present)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def clone(self) -> "EpisodeBatch":
-        return EpisodeBatch(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+        return EpisodeBatch(**{name: x.clone() for name, x in self.tensors().items()})
 
     @property
     def batch_size(self) -> int:
@@ -64,15 +82,12 @@ class EpisodeBatch:
         return self.filled.sum(1).long()
 
     def to(self, device: torch.device | str) -> "EpisodeBatch":
-        return EpisodeBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return EpisodeBatch(**{name: x.to(device) for name, x in self.tensors().items()})
 
     def truncated(self, max_t: int) -> "EpisodeBatch":
         """The first ``max_t`` transitions (and ``max_t + 1`` observation positions), as views."""
-        kw = {}
-        for f in fields(self):
-            x = getattr(self, f.name)
-            kw[f.name] = x[:, : max_t + 1] if f.name in _POSITION_FIELDS else x[:, :max_t]
-        return EpisodeBatch(**kw)
+        return EpisodeBatch(**{name: x[:, : max_t + 1] if name in _POSITION_FIELDS else x[:, :max_t]
+                               for name, x in self.tensors().items()})
 
     def trimmed(self) -> "EpisodeBatch":
         """Drop the padding shared by every episode: truncate to the longest episode."""

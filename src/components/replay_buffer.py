@@ -1,8 +1,6 @@
 """Episode replay buffer (QMIX): a ring of whole episodes in preallocated tensors."""
 from __future__ import annotations
 
-from dataclasses import fields
-
 import torch
 
 from .episode_batch import EpisodeBatch
@@ -22,7 +20,7 @@ class EpisodeReplayBuffer:
         self.size, self.next_slot = 0, 0
         self.generator = torch.Generator().manual_seed(seed)
         empty = EpisodeBatch.zeros(capacity, self.episode_limit, env_info)
-        self.storage = {f.name: getattr(empty, f.name) for f in fields(EpisodeBatch)}
+        self.storage = empty.tensors()
 
     def __len__(self) -> int:
         return self.size

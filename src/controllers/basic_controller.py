@@ -73,13 +73,15 @@ class BasicMAC:
 
     @torch.no_grad()
     def select_actions(self, obs: torch.Tensor, avail: torch.Tensor, last_actions: torch.Tensor,
-                       hidden: torch.Tensor, t_env: int, test_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       hidden: torch.Tensor, t_env: int, test_mode: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step for ``B`` environments: ``obs [B, N, obs_dim]``, ``avail`` bool ``[B, N, A]``,
-        ``last_actions`` int64 ``[B, N]``, ``hidden [N, B, H]`` -> ``(actions int64 [B, N], hidden)``."""
+        ``last_actions`` int64 ``[B, N]``, ``hidden [N, B, H]`` -> ``(actions int64 [B, N], the new
+        hidden [N, B, H], the agent outputs that chose the actions [N, B, A])``."""
         inputs = self.build_inputs(obs.unsqueeze(1), last_actions.unsqueeze(1))
         out, new_hidden = self.forward(inputs, hidden)
         actions = self.selector.select(out[:, 0], avail.transpose(0, 1), t_env, test_mode)
-        return actions.t(), new_hidden[:, 0]
+        return actions.t(), new_hidden[:, 0], out[:, 0]
 
     # ---- parameters -------------------------------------------------------------------------------
     def parameters(self):

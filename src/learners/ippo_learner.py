@@ -3,8 +3,10 @@ critic, optimiser state and gradient clipping, trained on the shared team reward
 
 Per update, on the latest batch of whole episodes (on-policy):
 
-1. One pass of every actor and critic over the episodes (no gradient) gives the behaviour log-probs
-   ``log π_old(a_t)``, the values ``V(o_t)`` of every position and the GRU hidden states.
+1. The behaviour log-probs ``log π_old(a_t)`` and the actors' GRU states come from the rollout's records
+   (``EpisodeBatch.agent_outputs``, ``agent_hidden_in``: the runner keeps what the acting policy
+   computed, so no actor pass is repeated). One pass of every critic over the episodes (no gradient)
+   gives the values ``V(o_t)`` of every position and the critics' GRU states.
 2. Generalised advantage estimation per agent (``gamma``, ``gae_lambda``; ``utils.returns.gae``) with
    bootstrapping at time-limit ends; return targets ``R_t = A_t + V_t``. With ``use_value_norm`` the
    critic predicts per-agent normalised returns (``components.value_norm``), denormalised for GAE.
@@ -91,10 +93,10 @@ class _Chunker:
         x = x.reshape(n, self.chunk_len, self.n_chunks * b, *rest)
         return x if self.keep is None else x[:, :, self.keep]
 
-    def initial_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden [N, T, B, H]`` (state after each step) -> the state entering each kept chunk ``[N, M, H]``."""
-        prev = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
-        starts = prev[:, :: self.chunk_len]
+    def initial_hidden(self, hidden_in: torch.Tensor) -> torch.Tensor:
+        """``hidden_in [N, T, B, H]`` (the state entering each step) -> the state entering each kept chunk
+        ``[N, M, H]``."""
+        starts = hidden_in[:, :: self.chunk_len]
         return starts.reshape(starts.shape[0], -1, starts.shape[-1])[:, self.keep]
 
 
@@ -142,9 +144,11 @@ class IPPOLearner:
     """``IPPOLearner(mac, env_info, cfg, device)``; see the module docstring.
 
     ``train(batch, t_env, episode) -> stats`` performs one PPO update on ``batch`` (an
-    :class:`EpisodeBatch` from the runner). The actors are the controller's agent network; the critics
-    live here.
+    :class:`EpisodeBatch` from a runner that records the agent outputs). The actors are the controller's
+    agent network; the critics live here.
     """
+
+    trains_on_agent_outputs = True
 
     def __init__(self, mac, env_info: dict, cfg, device: torch.device):
         if mac.shared:
@@ -162,26 +166,25 @@ class IPPOLearner:
         if cfg.bptt and cfg.bptt_chunk_len < 0:
             raise ValueError(f"bptt_chunk_len={cfg.bptt_chunk_len} must be >= 0 (0 = whole episodes)")
 
-    def _actor_critic(self, x: torch.Tensor, h_actor: torch.Tensor, h_critic: torch.Tensor):
-        """Actors and critics on the same inputs ``x [N, T, M, in]`` -> ``(logits [N, T, M, A],
-        values [N, T, M], actor hidden, critic hidden [N, T, M, H])``."""
-        logits, hidden_actor = self.mac.forward(x, h_actor)
-        values, hidden_critic = self.critic(x, h_critic)
-        return logits, values, hidden_actor, hidden_critic
-
     def train(self, batch: EpisodeBatch, t_env: int, episode: int) -> dict[str, float]:
         cfg = self.cfg
         batch = batch.to(self.device)
         t_len, b = batch.max_t, batch.batch_size
+        if batch.agent_outputs is None or batch.agent_hidden_in is None:
+            raise ValueError("IPPO trains on the acting policy's records, and this batch has none "
+                             "(agent_outputs / agent_hidden_in): collect it with a runner built with "
+                             "record_agent_outputs=True, as run.py does for this learner.")
         inputs = self.mac.sequence_inputs(batch)                    # [N, T+1, B, in]
         mask = batch.filled.t()                                     # [T, B]
         actions = batch.actions.permute(2, 1, 0)                    # [N, T, B]
         avail = batch.avail_actions[:, :t_len].permute(2, 1, 0, 3)  # [N, T, B, A]
 
         with torch.no_grad():
+            old_logp, _ = _log_prob_entropy(batch.agent_outputs.permute(2, 1, 0, 3), avail, actions)  # [N, T, B]
+            h_actor_in = batch.agent_hidden_in.permute(2, 1, 0, 3)                                 # [N, T, B, H]
             h0 = torch.zeros(self.n_agents, b, self.critic.hidden_dim, device=self.device)
-            logits, old_values, h_actor, h_critic = self._actor_critic(inputs, self.mac.init_hidden(b), h0)
-            old_logp, _ = _log_prob_entropy(logits[:, :t_len], avail, actions)   # [N, T, B]
+            old_values, h_critic = self.critic(inputs, h0)          # [N, T+1, B], [N, T+1, B, H] (after each step)
+            h_critic_in = torch.cat([h0.unsqueeze(1), h_critic[:, : t_len - 1]], dim=1)
             values = self.value_norm.denormalize(old_values) if self.value_norm is not None else old_values
             adv = gae(batch.reward.t()[:, None], values.transpose(0, 1), batch.terminated.t()[:, None],
                       mask[:, None], cfg.gamma, cfg.gae_lambda).transpose(0, 1)   # [N, T, B]
@@ -199,8 +202,8 @@ class IPPOLearner:
 
             chunks = _Chunker(mask, self.chunk_len)
             x = chunks.cut(inputs[:, :t_len])
-            h0_actor = chunks.initial_hidden(h_actor[:, :t_len])
-            h0_critic = chunks.initial_hidden(h_critic[:, :t_len])
+            h0_actor = chunks.initial_hidden(h_actor_in)
+            h0_critic = chunks.initial_hidden(h_critic_in)
             # [1, L, M] real-transition mask of the chunks; None when every chunk entry is real (L = 1).
             c_mask = chunks.cut(mask.unsqueeze(0)) if chunks.chunk_len > 1 else None
             c_actions, c_avail, c_old_logp, c_adv, c_targets, c_old_values = (
@@ -214,7 +217,8 @@ class IPPOLearner:
         sums = torch.zeros(7, device=self.device)
         for _ in range(cfg.ppo_epochs):
             if live is None:
-                logits, v, _, _ = self._actor_critic(x, h0_actor, h0_critic)
+                logits, _ = self.mac.forward(x, h0_actor)
+                v, _ = self.critic(x, h0_critic)
                 logp, entropy = _log_prob_entropy(logits, c_avail, c_actions)
             else:
                 v, _ = self.critic(x, h0_critic)

@@ -33,6 +33,8 @@ class QMIXLearner:
     """``QMIXLearner(mac, env_info, cfg, device)``; ``train(batch, t_env, episode) -> stats`` (empty until
     the buffer holds ``batch_size`` episodes)."""
 
+    trains_on_agent_outputs = False
+
     def __init__(self, mac, env_info: dict, cfg, device: torch.device):
         if not isinstance(mac.selector, EpsilonGreedySelector):
             raise ValueError(f"QMIX acts epsilon-greedily on its Q-values: set action_selector=epsilon_greedy "

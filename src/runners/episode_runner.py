@@ -9,23 +9,28 @@ from envs.multiagentenv import BatchedMultiAgentEnv
 
 
 class EpisodeRunner:
-    """``EpisodeRunner(env, mac, cfg, device)``; ``run(test_mode, t_env) -> (EpisodeBatch, stats)``.
+    """``EpisodeRunner(env, mac, cfg, device, record_agent_outputs=False)``;
+    ``run(test_mode, t_env) -> (EpisodeBatch, stats)``.
 
     Steps all ``env.n_envs`` environments together until every one has terminated, with one controller
     call per step for all environments and agents. Storage is preallocated for ``episode_limit`` steps on
-    the CPU; the returned batch is a trimmed copy on ``device`` (safe to keep across runs).
+    the CPU; the returned batch is a trimmed copy on ``device`` (safe to keep across runs). With
+    ``record_agent_outputs`` the batch also holds the acting policy's outputs and recurrent states
+    (``EpisodeBatch.agent_outputs``, ``agent_hidden_in``), for learners that train on them.
 
     ``stats`` holds numpy arrays ``[B]``: ``return``, ``battle_won``, ``ep_length``, ``dead_allies``,
     ``dead_enemies``; and ``env_steps`` (int, the sum of the episode lengths).
     """
 
-    def __init__(self, env: BatchedMultiAgentEnv, mac, cfg, device: torch.device):
+    def __init__(self, env: BatchedMultiAgentEnv, mac, cfg, device: torch.device, record_agent_outputs: bool = False):
         self.env, self.mac, self.device = env, mac, device
         info = env.get_env_info()
         self.n_envs = env.n_envs
         self.n_agents, self.n_actions = info["n_agents"], info["n_actions"]
         self.episode_limit = info["episode_limit"]
-        self._storage = EpisodeBatch.zeros(self.n_envs, self.episode_limit, info)
+        self.record_agent_outputs = record_agent_outputs
+        self._storage = EpisodeBatch.zeros(self.n_envs, self.episode_limit, info,
+                                           agent_hidden_dim=mac.hidden_dim if record_agent_outputs else None)
 
     def _store_position(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self._storage
@@ -48,8 +53,12 @@ class EpisodeRunner:
         end_info = {k: np.zeros(b, dtype=np.int64) for k in ("battle_won", "dead_allies", "dead_enemies")}
         for t in range(self.episode_limit):
             obs, avail = self._store_position(t)
-            actions, hidden = self.mac.select_actions(obs.to(self.device), avail.to(self.device), last_actions,
-                                                      hidden, t_env, test_mode)
+            if self.record_agent_outputs:
+                s.agent_hidden_in[:, t] = hidden.transpose(0, 1).cpu()
+            actions, hidden, outputs = self.mac.select_actions(obs.to(self.device), avail.to(self.device),
+                                                               last_actions, hidden, t_env, test_mode)
+            if self.record_agent_outputs:
+                s.agent_outputs[:, t] = outputs.transpose(0, 1).cpu()
             reward, terminated, info = env.step(actions.cpu().numpy())
             active_t = torch.from_numpy(active)
             s.actions[:, t] = actions.cpu()
