@@ -8,7 +8,8 @@ from torch import nn
 from alg_helpers import make_cfg
 from modules import agents, critics, discriminators, lookup, mixers
 from modules.ln_rnn import LayerNormRNN
-from modules.stacked import StackedGRU, StackedLayerNorm, StackedLinear, clip_grad_norm_per_stack
+from modules.stacked import (StackedGRU, StackedLayerNorm, StackedLinear, _GRUSequenceFunction,
+                             clip_grad_norm_per_stack)
 
 K, M = 4, 11
 
@@ -100,6 +101,21 @@ def test_gru_cell_backward_matches_autograd():
         torch.testing.assert_close(gru.weight_hh.grad[k], cell.weight_hh.grad.t())
         torch.testing.assert_close(gru.weight_ih.grad[k], cell.weight_ih.grad.t())
         torch.testing.assert_close(gru.bias_hh.grad[k], cell.bias_hh.grad)
+
+
+def test_gru_sequence_backward_matches_autograd_for_every_input():
+    """The whole-sequence node's gradients for the input projections, h0, W_hh and b_hh (gradcheck), also
+    when only some stacks run."""
+    torch.manual_seed(1)
+    gi, h0 = torch.randn(3, 5, 4, 3 * 2, dtype=torch.double), torch.randn(3, 4, 2, dtype=torch.double)
+    w, b = torch.randn(3, 2, 3 * 2, dtype=torch.double), torch.randn(3, 3 * 2, dtype=torch.double)
+    inputs = tuple(y.requires_grad_() for y in (gi, h0, w, b))
+    assert torch.autograd.gradcheck(_GRUSequenceFunction.apply, inputs)
+    gru = StackedGRU(3, 3, 4).double()
+    x = torch.randn(1, 4, 2, 3, dtype=torch.double)
+    gru(x, torch.zeros(1, 2, 4, dtype=torch.double), stacks=slice(1, 2)).pow(2).sum().backward()
+    assert gru.weight_hh.grad[1].abs().sum() > 0
+    assert gru.weight_hh.grad[0].eq(0).all() and gru.weight_hh.grad[2].eq(0).all()
 
 
 def test_clip_grad_norm_per_stack_equals_separate_clipping():

@@ -151,54 +151,110 @@ class StackedGRU(nn.Module):
         k, t_len, m, _ = x.shape
         gi = _bmm_bias(x.reshape(k, t_len * m, self.input_dim), self.weight_ih[stacks], self.bias_ih[stacks],
                        input_norm, stacks)
-        if t_len == 1:  # no recurrence: avoid slicing (its backward allocates and fills a full-size tensor)
+        if t_len == 1:
             return self.cell(gi, h0, stacks).unsqueeze(1)
-        h, out = h0, []
-        # unbind, not gi[:, t]: each slice's backward would zero-fill a full-size tensor (O(T²) work)
-        for gi_t in gi.view(k, t_len, m, 3 * self.hidden_dim).unbind(1):
-            h = self.cell(gi_t, h, stacks)
-            out.append(h)
-        return torch.stack(out, dim=1)
+        return _GRUSequenceFunction.apply(gi.view(k, t_len, m, 3 * self.hidden_dim), h0,
+                                          self.weight_hh[stacks], self.bias_hh[stacks])
 
     def cell(self, gi: torch.Tensor, h: torch.Tensor, stacks: slice = ALL_STACKS) -> torch.Tensor:
         """One step from a precomputed input projection ``gi [K, M, 3H]`` and ``h [K, M, H]``."""
         return _GRUCellFunction.apply(gi, _bmm_bias(h, self.weight_hh[stacks], self.bias_hh[stacks]), h)
 
 
-class _GRUCellFunction(torch.autograd.Function):
+def _gates_forward(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, rz_out: torch.Tensor | None = None,
+                   n_out: torch.Tensor | None = None, h_out: torch.Tensor | None = None):
     """``nn.GRUCell``'s gates from the two projections ``gi = x W_ih + b_ih`` and ``gh = h W_hh + b_hh``
     (``[..., 3H]``, gate order r, z, n)::
 
         r, z = σ(gi_rz + gh_rz);  n = tanh(gi_n + r ⊙ gh_n);  h' = (1 - z) ⊙ n + z ⊙ h
 
-    with a hand-written backward that writes the gate gradients straight into one ``[..., 3H]`` tensor
-    per projection; autograd's version splits and re-concatenates them, which costs about a fifth of a
-    training step on CPU. Checked against autograd in ``tests/test_modules.py``.
+    Returns ``(h' [..., H], rz [..., 2H], n [..., H])``, written into the ``*_out`` tensors when given.
     """
+    hd = h.shape[-1]
+    rz = torch.sigmoid(gi[..., : 2 * hd] + gh[..., : 2 * hd], out=rz_out)
+    n = torch.tanh(torch.addcmul(gi[..., 2 * hd:], rz[..., :hd], gh[..., 2 * hd:]), out=n_out)
+    return torch.lerp(n, h, rz[..., hd:], out=h_out), rz, n
+
+
+def _gates_backward(grad: torch.Tensor, rz: torch.Tensor, n: torch.Tensor, h: torch.Tensor, gh_n: torch.Tensor,
+                    grad_gi: torch.Tensor, grad_gh: torch.Tensor) -> torch.Tensor:
+    """Backward of :func:`_gates_forward` for the gradient ``grad [..., H]`` of ``h'``: writes the gradients
+    of ``gi`` and ``gh`` into ``grad_gi``, ``grad_gh [..., 3H]`` and returns the direct gradient of ``h``
+    (through ``z ⊙ h``; the path through ``gh`` is the caller's, it owns ``W_hh``).
+
+    Writing the gate gradients straight into one tensor per projection avoids autograd's split and
+    re-concatenation, which cost about a fifth of a training step on CPU.
+    """
+    hd = h.shape[-1]
+    grad_h = grad * rz[..., hd:]                                  # z ⊙ grad
+    d_n = torch.ops.aten.tanh_backward(grad - grad_h, n)          # d(gi_n) = (1 - z) grad (1 - n²)
+    d_rz = torch.empty_like(rz)                                   # d r, d z before the sigmoids
+    torch.mul(d_n, gh_n, out=d_rz[..., :hd])
+    torch.mul(grad, h - n, out=d_rz[..., hd:])
+    torch.ops.aten.sigmoid_backward.grad_input(d_rz, rz, grad_input=grad_gi[..., : 2 * hd])
+    grad_gi[..., 2 * hd:] = d_n
+    grad_gh[..., : 2 * hd] = grad_gi[..., : 2 * hd]
+    torch.mul(d_n, rz[..., :hd], out=grad_gh[..., 2 * hd:])     # d(gh_n) = d(gi_n) ⊙ r
+    return grad_h
+
+
+class _GRUCellFunction(torch.autograd.Function):
+    """One GRU step ``(gi, gh, h) -> h'`` (:func:`_gates_forward`) with the hand-written backward."""
 
     @staticmethod
     def forward(ctx, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        hd = h.shape[-1]
-        rz = torch.sigmoid(gi[..., : 2 * hd] + gh[..., : 2 * hd])
-        n = torch.tanh(torch.addcmul(gi[..., 2 * hd:], rz[..., :hd], gh[..., 2 * hd:]))
-        ctx.save_for_backward(rz, n, h, gh)
-        return torch.lerp(n, h, rz[..., hd:])
+        h_new, rz, n = _gates_forward(gi, gh, h)
+        ctx.save_for_backward(rz, n, h, gh[..., 2 * h.shape[-1]:])
+        return h_new
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rz, n, h, gh = ctx.saved_tensors
-        hd = h.shape[-1]
-        grad_h = grad * rz[..., hd:]                                  # d h  (direct path, z ⊙ grad)
-        d_n = torch.ops.aten.tanh_backward(grad - grad_h, n)          # d(gi_n) = (1 - z) grad (1 - n²)
-        d_rz = torch.empty_like(rz)                                   # d r, d z before the sigmoids
-        torch.mul(d_n, gh[..., 2 * hd:], out=d_rz[..., :hd])
-        torch.mul(grad, h - n, out=d_rz[..., hd:])
-        grad_gi, grad_gh = torch.empty_like(gh), torch.empty_like(gh)
-        torch.ops.aten.sigmoid_backward.grad_input(d_rz, rz, grad_input=grad_gi[..., : 2 * hd])
-        grad_gi[..., 2 * hd:] = d_n
-        grad_gh[..., : 2 * hd] = grad_gi[..., : 2 * hd]
-        torch.mul(d_n, rz[..., :hd], out=grad_gh[..., 2 * hd:])     # d(gh_n) = d(gi_n) ⊙ r
+        rz, n, h, gh_n = ctx.saved_tensors
+        grad_gi, grad_gh = (grad.new_empty(*grad.shape[:-1], 3 * h.shape[-1]) for _ in range(2))
+        grad_h = _gates_backward(grad, rz, n, h, gh_n, grad_gi, grad_gh)
         return grad_gi, grad_gh, grad_h
+
+
+class _GRUSequenceFunction(torch.autograd.Function):
+    """A whole GRU sequence as one autograd node: ``(gi [K, T, M, 3H], h0 [K, M, H], W_hh [K, H, 3H],
+    b_hh [K, 3H]) -> hidden states [K, T, M, H]``.
+
+    Backward runs the recurrence in reverse, one bmm per step for the gradient flowing into ``h_{t-1}``,
+    and computes ``W_hh``'s gradient for all steps at once (one ``[H, T·M] @ [T·M, 3H]`` bmm) instead of
+    one small bmm per step, with no autograd node per step. QMIX's update on 5m_vs_6m (32 episodes of
+    up to 70 steps, one thread) went from 59 to 52 ms.
+    """
+
+    @staticmethod
+    def forward(ctx, gi: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor):
+        k, t_len, m, h3 = gi.shape
+        hd = h3 // 3
+        hs, n_all, gh_n_all = (gi.new_empty(k, t_len, m, hd) for _ in range(3))
+        rz_all = gi.new_empty(k, t_len, m, 2 * hd)
+        bias = bias_hh.unsqueeze(1)
+        h = h0
+        for t in range(t_len):
+            gh = torch.bmm(h, weight_hh).add_(bias)
+            h, _, _ = _gates_forward(gi[:, t], gh, h, rz_out=rz_all[:, t], n_out=n_all[:, t], h_out=hs[:, t])
+            gh_n_all[:, t] = gh[..., 2 * hd:]
+        ctx.save_for_backward(h0, weight_hh, hs, rz_all, n_all, gh_n_all)
+        return hs
+
+    @staticmethod
+    def backward(ctx, grad_hs: torch.Tensor):
+        h0, weight_hh, hs, rz_all, n_all, gh_n_all = ctx.saved_tensors
+        k, t_len, m, hd = hs.shape
+        grad_gi, grad_gh = (hs.new_empty(k, t_len, m, 3 * hd) for _ in range(2))
+        weight_t = weight_hh.transpose(1, 2)
+        h_prev = torch.cat([h0.unsqueeze(1), hs[:, :-1]], dim=1)                          # [K, T, M, H]
+        grad_h = torch.zeros_like(h0)
+        for t in reversed(range(t_len)):
+            grad_direct = _gates_backward(grad_hs[:, t] + grad_h, rz_all[:, t], n_all[:, t], h_prev[:, t],
+                                          gh_n_all[:, t], grad_gi[:, t], grad_gh[:, t])
+            grad_h = torch.baddbmm(grad_direct, grad_gh[:, t], weight_t)
+        flat_gh = grad_gh.view(k, t_len * m, 3 * hd)
+        grad_weight = torch.bmm(h_prev.reshape(k, t_len * m, hd).transpose(1, 2), flat_gh)
+        return grad_gi, grad_h, grad_weight, flat_gh.sum(1)
 
 
 @torch.no_grad()
