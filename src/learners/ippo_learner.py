@@ -44,6 +44,7 @@ from components.episode_batch import EpisodeBatch
 from components.value_norm import ValueNorm
 from modules import critics, lookup
 from modules.stacked import clip_grad_norm_per_stack
+from utils.checkpoint import check_state_keys
 from utils.returns import gae
 
 
@@ -264,13 +265,8 @@ class IPPOLearner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        expected = {"mac", "critic", "actor_optim", "critic_optim"} | ({"value_norm"} if self.value_norm else set())
-        if set(state) != expected:
-            raise ValueError(f"IPPO learner state has keys {sorted(state)}, expected {sorted(expected)} "
-                             "(was it saved with a different learner or use_value_norm setting?)")
-        self.mac.load_state_dict(state["mac"])
-        self.critic.load_state_dict(state["critic"])
-        self.actor_optim.load_state_dict(state["actor_optim"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        if self.value_norm is not None:
-            self.value_norm.load_state_dict(state["value_norm"])
+        parts = ("mac", "critic", "actor_optim", "critic_optim") + (("value_norm",) if self.value_norm else ())
+        check_state_keys(state, set(parts), "IPPO learner",
+                         "was it saved with a different learner or use_value_norm setting?")
+        for name in parts:
+            getattr(self, name).load_state_dict(state[name])

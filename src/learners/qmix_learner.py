@@ -26,6 +26,7 @@ from components.action_selectors import MASKED_LOGIT, EpsilonGreedySelector
 from components.episode_batch import EpisodeBatch
 from components.replay_buffer import EpisodeReplayBuffer
 from modules import lookup, mixers
+from utils.checkpoint import check_state_keys
 from utils.returns import lambda_returns
 
 
@@ -115,14 +116,9 @@ class QMIXLearner:
                 "last_target_update_episode": self.last_target_update_episode}
 
     def load_state_dict(self, state: dict) -> None:
-        expected = {"mac", "target_mac", "mixer", "target_mixer", "optim", "buffer", "last_target_update_episode"}
-        if set(state) != expected:
-            raise ValueError(f"QMIX learner state has keys {sorted(state)}, expected {sorted(expected)} "
-                             "(was it saved with a different learner?)")
-        self.mac.load_state_dict(state["mac"])
-        self.target_mac.load_state_dict(state["target_mac"])
-        self.mixer.load_state_dict(state["mixer"])
-        self.target_mixer.load_state_dict(state["target_mixer"])
-        self.optim.load_state_dict(state["optim"])
-        self.buffer.load_state_dict(state["buffer"])
+        parts = ("mac", "target_mac", "mixer", "target_mixer", "optim", "buffer")
+        check_state_keys(state, {*parts, "last_target_update_episode"}, "QMIX learner",
+                         "was it saved with a different learner?")
+        for name in parts:
+            getattr(self, name).load_state_dict(state[name])
         self.last_target_update_episode = state["last_target_update_episode"]

@@ -27,6 +27,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not a dm2 checkpoint; the message names the path."""
 
 
+def check_state_keys(state: dict[str, Any], expected: set[str], owner: str, hint: str) -> None:
+    """Raise a ``ValueError`` naming both key sets unless ``state`` has exactly the ``expected`` keys.
+
+    ``owner`` names what is being restored ("IPPO learner"); ``hint`` says what likely differs."""
+    if set(state) != expected:
+        raise ValueError(f"{owner} state has keys {sorted(state)}, expected {sorted(expected)} ({hint})")
+
+
 def capture_rng_state() -> dict[str, Any]:
     """The global random states of python, numpy and torch (CPU and every CUDA device)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
