@@ -1,8 +1,8 @@
 """SMAC v1's observation, state and action-mask computations, restated in plain loop-based Python.
 
 This module is a test oracle for the embedded simulator (``envs.sim``). It re-states, over simple unit
-records, what oxwhirl/smac's ``smac/env/starcraft2/starcraft2.py`` computes in ``get_obs_agent``,
-``get_state`` (``get_state_dict``), ``get_avail_agent_actions`` (with ``can_move`` / ``check_bounds``),
+records, what oxwhirl/smac's ``smac/env/starcraft2/starcraft2.py`` (commit 8c4fff48, which
+``requirements-sc2.txt`` pins) computes in ``get_obs_agent``, ``get_state`` (``get_state_dict``), ``get_avail_agent_actions`` (with ``can_move`` / ``check_bounds``),
 ``get_surrounding_pathing`` / ``get_surrounding_height``, ``get_obs_size`` (and the ``get_obs_*_size``
 helpers), ``get_state_size``, ``get_env_info``, ``unit_max_shield``, ``unit_max_cooldown`` and
 ``get_unit_type_id``, with the map registry of ``smac/env/starcraft2/maps/smac_maps.py``. It is written
