@@ -220,11 +220,10 @@ class IPPOLearner:
         for _ in range(cfg.ppo_epochs):
             if live is None:
                 logits, _ = self.mac.forward(x, h0_actor)
-                v, _ = self.critic(x, h0_critic)
                 logp, entropy = _log_prob_entropy(logits, c_avail, c_actions)
             else:
-                v, _ = self.critic(x, h0_critic)
                 logp, entropy = live.log_prob_entropy(self.mac.agent)
+            v, _ = self.critic(x, h0_critic)
             policy_loss = -agent_mean(ppo_surrogate(logp, c_old_logp, c_adv, cfg.ppo_clip))  # [N]
             mean_entropy = agent_mean(entropy)                                                 # [N]
             actor_loss = (policy_loss - cfg.entropy_coef * mean_entropy).sum()

@@ -44,4 +44,3 @@ class LayerNormRNN(nn.Module):
         z = F.relu(self.fc2(z, norm=self.norm1, stacks=stacks))
         hidden = self.rnn(z, h0, input_norm=self.norm2, stacks=stacks)
         return self.head(hidden, norm=self.norm_out, stacks=stacks), hidden
-

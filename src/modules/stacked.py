@@ -231,10 +231,9 @@ class _GRUSequenceFunction(torch.autograd.Function):
         hd = h3 // 3
         hs, n_all, gh_n_all = (gi.new_empty(k, t_len, m, hd) for _ in range(3))
         rz_all = gi.new_empty(k, t_len, m, 2 * hd)
-        bias = bias_hh.unsqueeze(1)
         h = h0
         for t in range(t_len):
-            gh = torch.bmm(h, weight_hh).add_(bias)
+            gh = _bmm_bias(h, weight_hh, bias_hh)
             h, _, _ = _gates_forward(gi[:, t], gh, h, rz_out=rz_all[:, t], n_out=n_all[:, t], h_out=hs[:, t])
             gh_n_all[:, t] = gh[..., 2 * hd:]
         ctx.save_for_backward(h0, weight_hh, hs, rz_all, n_all, gh_n_all)
