@@ -37,6 +37,8 @@ only shared inputs are the team reward and the episode boundaries (``tests/test_
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -142,12 +144,72 @@ class _LiveTransitions:
         return put(logps), put(entropies)
 
 
+@dataclass
+class Rollout:
+    """The latest batch seen per agent (agent-first, time-major), as the PPO stages consume it.
+
+    ``T`` transitions, ``B`` episodes, ``N`` agents. Built once per update with no gradient.
+
+    * ``inputs [N, T+1, B, in]``: every agent's network input at every observation position.
+    * ``mask [T, B]``: 1 for real transitions, 0 for padding (shared: the episodes end for all agents).
+    * ``terminated [T, B]``: 1 where the episode really ended (no bootstrap), the team's.
+    * ``env_reward [T, B]``: the team reward.
+    * ``actions [N, T, B]``, ``avail [N, T, B, A]``, ``old_logp [N, T, B]`` (the acting policy's
+      log-probabilities), ``actor_hidden_in [N, T, B, H]`` (the actor GRU state entering each step).
+    * ``critic_out [N, T+1, B]``: the critics' outputs (normalised returns with ``use_value_norm``),
+      ``values [N, T+1, B]``: the same as values in reward units, ``critic_hidden_in [N, T, B, H]``.
+    """
+
+    inputs: torch.Tensor
+    mask: torch.Tensor
+    terminated: torch.Tensor
+    env_reward: torch.Tensor
+    actions: torch.Tensor
+    avail: torch.Tensor
+    old_logp: torch.Tensor
+    actor_hidden_in: torch.Tensor
+    critic_out: torch.Tensor
+    values: torch.Tensor
+    critic_hidden_in: torch.Tensor
+
+    @property
+    def n_valid(self) -> torch.Tensor:
+        """The number of real transitions (a 0-d tensor)."""
+        return self.mask.sum()
+
+
+def agent_advantages(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor,
+                     gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE per agent: ``rewards [N, T, B]`` (each agent's own reward), ``values [N, T+1, B]``,
+    ``terminated, mask [T, B]`` -> ``(advantages [N, T, B], return targets A + V [N, T, B])``."""
+    adv = gae(rewards.transpose(0, 1), values.transpose(0, 1), terminated[:, None], mask[:, None],
+              gamma, lam).transpose(0, 1)
+    return adv, adv + values[:, : rewards.shape[1]]
+
+
+def normalise_advantages(adv: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each agent's advantages ``[N, T, B]`` shifted and scaled to mean 0, standard deviation 1 over the
+    real transitions (``mask [T, B]``; population std, ``+ 1e-5`` in the denominator as in the
+    reference). Returns ``(normalised [N, T, B], the per-agent means [N, 1, 1])``."""
+    n_valid = mask.sum()
+    mean = (adv * mask).sum((1, 2), keepdim=True) / n_valid
+    std = (((adv - mean) ** 2 * mask).sum((1, 2), keepdim=True) / n_valid).sqrt()
+    return (adv - mean) / (std + 1e-5), mean
+
+
 class IPPOLearner:
     """``IPPOLearner(mac, env_info, cfg, device)``; see the module docstring.
 
     ``train(batch, t_env, episode) -> stats`` performs one PPO update on ``batch`` (an
-    :class:`EpisodeBatch` from a runner that records the agent outputs). The actors are the controller's
-    agent network; the critics live here.
+    :class:`EpisodeBatch` from a runner that records the agent outputs), in named stages that subclasses
+    may override (``ippo_gail`` overrides the reward stage):
+
+    1. :meth:`rollout` -> :class:`Rollout` (behaviour log-probs, critic values, stored GRU states);
+    2. :meth:`agent_rewards` -> each agent's reward ``[N, T, B]`` (IPPO: the team reward for everyone);
+    3. :meth:`advantage_stage` -> normalised advantages and critic targets (GAE, value normalisation);
+    4. :meth:`ppo_epochs` -> ``ppo_epochs`` PPO updates of every actor and critic.
+
+    The actors are the controller's agent network; the critics live here.
     """
 
     trains_on_agent_outputs = True
@@ -169,54 +231,81 @@ class IPPOLearner:
             raise ValueError(f"bptt_chunk_len={cfg.bptt_chunk_len} must be >= 0 (0 = whole episodes)")
 
     def train(self, batch: EpisodeBatch, t_env: int, episode: int) -> dict[str, float]:
-        cfg = self.cfg
         batch = batch.to(self.device)
-        t_len, b = batch.max_t, batch.batch_size
         if batch.agent_outputs is None or batch.agent_hidden_in is None:
             raise ValueError("IPPO trains on the acting policy's records, and this batch has none "
                              "(agent_outputs / agent_hidden_in): collect it with a runner built with "
                              "record_agent_outputs=True, as run.py does for this learner.")
+        rollout = self.rollout(batch)
+        rewards, stats = self.agent_rewards(batch, rollout)
+        adv, targets, returns, adv_mean = self.advantage_stage(rollout, rewards)
+        stats.update(self.ppo_epochs(rollout, adv, targets))
+        with torch.no_grad():
+            mask, n_valid = rollout.mask, rollout.n_valid
+            stats["advantage_mean"] = float(adv_mean.mean())
+            stats["return_mean"] = float((returns * mask).sum() / (n_valid * self.n_agents))
+            stats["value_mean"] = float((rollout.values[:, : batch.max_t] * mask).sum() / (n_valid * self.n_agents))
+        return stats
+
+    @torch.no_grad()
+    def rollout(self, batch: EpisodeBatch) -> Rollout:
+        """Stage 1: the batch per agent, with the behaviour log-probs (from the rollout's recorded logits)
+        and one no-gradient pass of every critic over the episodes."""
+        t_len, b = batch.max_t, batch.batch_size
         inputs = self.mac.sequence_inputs(batch)                    # [N, T+1, B, in]
-        mask = batch.filled.t()                                     # [T, B]
         actions = batch.actions.permute(2, 1, 0)                    # [N, T, B]
         avail = batch.avail_actions[:, :t_len].permute(2, 1, 0, 3)  # [N, T, B, A]
+        old_logp, _ = _log_prob_entropy(batch.agent_outputs.permute(2, 1, 0, 3), avail, actions)
+        h0 = torch.zeros(self.n_agents, b, self.critic.hidden_dim, device=self.device)
+        critic_out, h_critic = self.critic(inputs, h0)              # [N, T+1, B], [N, T+1, B, H] (after each step)
+        values = self.value_norm.denormalize(critic_out) if self.value_norm is not None else critic_out
+        return Rollout(inputs=inputs, mask=batch.filled.t(), terminated=batch.terminated.t(),
+                       env_reward=batch.reward.t(), actions=actions, avail=avail, old_logp=old_logp,
+                       actor_hidden_in=batch.agent_hidden_in.permute(2, 1, 0, 3), critic_out=critic_out,
+                       values=values, critic_hidden_in=torch.cat([h0.unsqueeze(1), h_critic[:, : t_len - 1]], dim=1))
 
+    def agent_rewards(self, batch: EpisodeBatch, rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        """Stage 2: each agent's reward ``[N, T, B]`` and any statistics of computing it. IPPO: every
+        agent is trained on the team reward."""
+        return rollout.env_reward.expand(self.n_agents, *rollout.env_reward.shape), {}
+
+    @torch.no_grad()
+    def advantage_stage(self, rollout: Rollout, rewards: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 3: ``rewards [N, T, B]`` -> ``(normalised advantages, critic targets, returns,
+        advantage means [N, 1, 1])``, all ``[N, T, B]`` but the means. With ``use_value_norm`` the
+        normaliser is updated with the returns and the targets are the normalised returns."""
+        cfg, mask = self.cfg, rollout.mask
+        adv, returns = agent_advantages(rewards, rollout.values, rollout.terminated, mask, cfg.gamma, cfg.gae_lambda)
+        targets = returns
+        if self.value_norm is not None:
+            agent_mask = mask.expand(self.n_agents, *mask.shape)
+            self.value_norm.update(returns.reshape(self.n_agents, -1), agent_mask.reshape(self.n_agents, -1))
+            targets = self.value_norm.normalize(returns)
+        adv, adv_mean = normalise_advantages(adv, mask)
+        return adv, targets, returns, adv_mean
+
+    def ppo_epochs(self, rollout: Rollout, adv: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Stage 4: ``ppo_epochs`` full-batch PPO updates of every actor and critic on the normalised
+        advantages and critic targets ``[N, T, B]``; returns the statistics averaged over the epochs."""
+        cfg, mask, n_valid = self.cfg, rollout.mask, rollout.n_valid
         with torch.no_grad():
-            old_logp, _ = _log_prob_entropy(batch.agent_outputs.permute(2, 1, 0, 3), avail, actions)  # [N, T, B]
-            h_actor_in = batch.agent_hidden_in.permute(2, 1, 0, 3)                                 # [N, T, B, H]
-            h0 = torch.zeros(self.n_agents, b, self.critic.hidden_dim, device=self.device)
-            old_values, h_critic = self.critic(inputs, h0)          # [N, T+1, B], [N, T+1, B, H] (after each step)
-            h_critic_in = torch.cat([h0.unsqueeze(1), h_critic[:, : t_len - 1]], dim=1)
-            values = self.value_norm.denormalize(old_values) if self.value_norm is not None else old_values
-            adv = gae(batch.reward.t()[:, None], values.transpose(0, 1), batch.terminated.t()[:, None],
-                      mask[:, None], cfg.gamma, cfg.gae_lambda).transpose(0, 1)   # [N, T, B]
-            returns = adv + values[:, :t_len]
-            agent_mask = mask.expand(self.n_agents, t_len, b)
-            if self.value_norm is not None:
-                self.value_norm.update(returns.reshape(self.n_agents, -1), agent_mask.reshape(self.n_agents, -1))
-                targets = self.value_norm.normalize(returns)
-            else:
-                targets = returns
-            n_valid = mask.sum()
-            adv_mean = (adv * mask).sum((1, 2), keepdim=True) / n_valid
-            adv_std = (((adv - adv_mean) ** 2 * mask).sum((1, 2), keepdim=True) / n_valid).sqrt()
-            adv = (adv - adv_mean) / (adv_std + 1e-5)
-
             chunks = _Chunker(mask, self.chunk_len)
-            x = chunks.cut(inputs[:, :t_len])
-            h0_actor = chunks.initial_hidden(h_actor_in)
-            h0_critic = chunks.initial_hidden(h_critic_in)
+            x = chunks.cut(rollout.inputs[:, : mask.shape[0]])
+            h0_actor = chunks.initial_hidden(rollout.actor_hidden_in)
+            h0_critic = chunks.initial_hidden(rollout.critic_hidden_in)
             # [1, L, M] real-transition mask of the chunks; None when every chunk entry is real (L = 1).
             c_mask = chunks.cut(mask.unsqueeze(0)) if chunks.chunk_len > 1 else None
             c_actions, c_avail, c_old_logp, c_adv, c_targets, c_old_values = (
-                chunks.cut(y) for y in (actions, avail, old_logp, adv, targets, old_values[:, :t_len]))
+                chunks.cut(y) for y in (rollout.actions, rollout.avail, rollout.old_logp, adv, targets,
+                                        rollout.critic_out[:, : mask.shape[0]]))
             live = _LiveTransitions(x, h0_actor, c_avail, c_actions) if c_mask is None else None
 
         def agent_mean(y: torch.Tensor) -> torch.Tensor:
             """``[N, L, M]`` -> ``[N]``: each agent's mean over the batch's real transitions."""
             return (y if c_mask is None else y * c_mask).sum((1, 2)) / n_valid
 
-        sums = torch.zeros(7, device=self.device)
+        sums: dict[str, torch.Tensor] = {}
         for _ in range(cfg.ppo_epochs):
             if live is None:
                 logits, _ = self.mac.forward(x, h0_actor)
@@ -242,20 +331,14 @@ class IPPOLearner:
             with torch.no_grad():
                 log_ratio = logp - c_old_logp
                 ratio = log_ratio.exp()
-                sums += torch.stack([
-                    policy_loss.mean(), critic_loss / self.n_agents, mean_entropy.mean(),
-                    agent_mean(ratio - 1.0 - log_ratio).mean(),
-                    agent_mean(((ratio - 1.0).abs() > cfg.ppo_clip).float()).mean(),
-                    actor_norm.mean(), critic_norm.mean()])
-        sums /= cfg.ppo_epochs
-        names = ("policy_loss", "critic_loss", "entropy", "approx_kl", "clip_fraction",
-                 "actor_grad_norm", "critic_grad_norm")
-        stats = {name: float(val) for name, val in zip(names, sums)}
-        with torch.no_grad():
-            stats["advantage_mean"] = float(adv_mean.mean())
-            stats["return_mean"] = float((returns * mask).sum() / (n_valid * self.n_agents))
-            stats["value_mean"] = float((values[:, :t_len] * mask).sum() / (n_valid * self.n_agents))
-        return stats
+                epoch_stats = {
+                    "policy_loss": policy_loss.mean(), "critic_loss": critic_loss / self.n_agents,
+                    "entropy": mean_entropy.mean(), "approx_kl": agent_mean(ratio - 1.0 - log_ratio).mean(),
+                    "clip_fraction": agent_mean(((ratio - 1.0).abs() > cfg.ppo_clip).float()).mean(),
+                    "actor_grad_norm": actor_norm.mean(), "critic_grad_norm": critic_norm.mean()}
+                for name, value in epoch_stats.items():
+                    sums[name] = sums[name] + value if name in sums else value
+        return {name: float(total / cfg.ppo_epochs) for name, total in sums.items()}
 
     def state_dict(self) -> dict:
         state = {"mac": self.mac.state_dict(), "critic": self.critic.state_dict(),
