@@ -39,6 +39,7 @@ CONFIG_DIR = Path(__file__).resolve().parent
 DECLARATION_FILES = ("default.yaml", "learner_defaults.yaml")
 ENV_ARGS_KEY = "env_args"
 MAP_OVERRIDES_KEY = "map_overrides"
+BASE_KEY = "base"
 
 BACKENDS = ("auto", "sim", "starcraft2")
 POSITIVE_INT_KEYS = ("batch_size_run", "test_nepisode", "test_interval", "log_interval", "t_max",
@@ -47,7 +48,8 @@ NON_NEGATIVE_INT_KEYS = ("load_step", "torch_threads")
 # config key -> package whose REGISTRY must contain the key's value
 REGISTRY_PACKAGES = {"env": "envs", "runner": "runners", "mac": "controllers", "learner": "learners",
                      "agent": "modules.agents", "critic": "modules.critics", "mixer": "modules.mixers",
-                     "action_selector": "components.action_selectors"}
+                     "action_selector": "components.action_selectors",
+                     "discriminator": "modules.discriminators"}
 MAX_SEED = 2**32 - 1  # numpy's seeding limit
 
 
@@ -382,6 +384,18 @@ def _check_values(cfg: Mapping[str, Any], sources: Mapping[str, str], check_comp
                 _check_registry(key, cfg[key], sources)
         if "backend" in env_args:
             _check_env_args(env_args, sources)
+        _check_learner_settings(cfg)
+
+
+def _check_learner_settings(cfg: dict[str, Any]) -> None:
+    """The chosen learner's own check of the settings it needs (``check_config(cfg)``, if it has one)."""
+    learner_cls = importlib.import_module(REGISTRY_PACKAGES["learner"]).REGISTRY[cfg["learner"]]
+    check = getattr(learner_cls, "check_config", None)
+    if check is not None:
+        try:
+            check(Config(cfg))
+        except ValueError as exc:
+            raise ConfigError(f"learner={cfg['learner']!r}: {exc}") from None
 
 
 def _declarations(config_dir: Path) -> dict[str, Any]:
@@ -399,6 +413,26 @@ def _declarations(config_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{_display(config_dir / DECLARATION_FILES[0])} must declare `{ENV_ARGS_KEY}: {{}}` "
                           "(the env config declares its keys).")
     return declared
+
+
+def _alg_files(config_name: str, config_dir: Path) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """``algs/<config_name>.yaml`` and the files it builds on, base first: ``(path, keys, map_overrides)``
+    each. A file may name another with ``base: <alg>``; it then starts from that file's keys and per-map
+    overrides and changes only what it sets (``ippo_gail`` builds on ``ippo``)."""
+    chain: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
+    name: Any = config_name
+    while name is not None:
+        path = _named_config_path("algs", name, config_dir)
+        if any(path == seen for seen, _, _ in chain):
+            raise ConfigError(f"{_display(path)}: `{BASE_KEY}` chain loops back to itself "
+                              f"({' -> '.join(p.stem for p, _, _ in reversed(chain))} -> {path.stem}).")
+        layer = _read_yaml(path)
+        name = layer.pop(BASE_KEY, None)
+        map_overrides = layer.pop(MAP_OVERRIDES_KEY, {}) or {}
+        if not isinstance(map_overrides, dict):
+            raise ConfigError(f"{MAP_OVERRIDES_KEY} in {_display(path)} must map map names to mappings of keys.")
+        chain.append((path, layer, map_overrides))
+    return chain[::-1]
 
 
 def load_config(config_name: str, env_config_name: str = "sc2", overrides: Mapping[str, Any] | None = None,
@@ -422,7 +456,7 @@ def load_config(config_name: str, env_config_name: str = "sc2", overrides: Mappi
         ConfigError: unknown config names or keys, wrong types, invalid values.
     """
     config_dir = Path(config_dir or CONFIG_DIR)
-    alg_path = _named_config_path("algs", config_name, config_dir)
+    _named_config_path("algs", config_name, config_dir)  # an unknown --config is the first error
     env_path = _named_config_path("envs", env_config_name, config_dir)
 
     declared = _declarations(config_dir)
@@ -438,32 +472,26 @@ def load_config(config_name: str, env_config_name: str = "sc2", overrides: Mappi
     cfg[ENV_ARGS_KEY] = copy.deepcopy(env_args_declared)
     _apply(cfg, declared, env_layer, _display(env_path), sources, declared)
 
-    alg_label = _display(alg_path)
-    alg_layer = _read_yaml(alg_path)
-    map_overrides = alg_layer.pop(MAP_OVERRIDES_KEY, {}) or {}
-    _apply(cfg, declared, _nest(alg_layer, alg_label), alg_label, sources, declared)
-
+    alg_files = _alg_files(config_name, config_dir)
+    for alg_path, alg_layer, _ in alg_files:
+        _apply(cfg, declared, _nest(alg_layer, _display(alg_path)), _display(alg_path), sources, declared)
     user_layer = _nest(overrides or {}, overrides_label)
-    if not isinstance(map_overrides, dict):
-        raise ConfigError(f"{MAP_OVERRIDES_KEY} in {alg_label} must map map names to mappings of keys.")
-    map_layers = {}
-    for map_name, layer in map_overrides.items():
-        label = f"{MAP_OVERRIDES_KEY}[{map_name!r}] in {alg_label}"
-        if not isinstance(layer, Mapping):
-            raise ConfigError(f"{label} must be a mapping of config keys to values, got {layer!r}.")
-        layer = _nest(layer, label)
-        if "map_name" in layer.get(ENV_ARGS_KEY, {}):
-            raise ConfigError(f"{label} cannot set env_args.map_name.")
-        # Validate every map's overrides (typos surface whichever map is run) on a scratch copy.
-        _apply(copy.deepcopy(cfg), declared, layer, label, {}, declared)
-        map_layers[map_name] = (label, layer)
-
     user_env_args = user_layer.get(ENV_ARGS_KEY)
     final_map = (user_env_args if isinstance(user_env_args, dict) and "map_name" in user_env_args
                  else cfg[ENV_ARGS_KEY]).get("map_name")
-    if final_map in map_layers:
-        label, layer = map_layers[final_map]
-        _apply(cfg, declared, layer, label, sources, declared)
+    for alg_path, _, map_overrides in alg_files:
+        alg_label = _display(alg_path)
+        for map_name, layer in map_overrides.items():
+            label = f"{MAP_OVERRIDES_KEY}[{map_name!r}] in {alg_label}"
+            if not isinstance(layer, Mapping):
+                raise ConfigError(f"{label} must be a mapping of config keys to values, got {layer!r}.")
+            layer = _nest(layer, label)
+            if "map_name" in layer.get(ENV_ARGS_KEY, {}):
+                raise ConfigError(f"{label} cannot set env_args.map_name.")
+            # Validate every map's overrides (typos surface whichever map is run) on a scratch copy.
+            _apply(copy.deepcopy(cfg), declared, layer, label, {}, declared)
+            if map_name == final_map:
+                _apply(cfg, declared, layer, label, sources, declared)
     _apply(cfg, declared, user_layer, overrides_label, sources, declared)
 
     if not cfg["name"]:

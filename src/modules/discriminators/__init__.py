@@ -1,2 +1,6 @@
-"""Discriminator networks (DM²'s per-agent observation discriminators are added here)."""
-REGISTRY: dict = {}
+"""Discriminator networks: ``REGISTRY[name](n_stacks, input_dim, cfg)`` (DM²'s per-agent discriminators)."""
+from .mlp_discriminator import MLPDiscriminator
+
+REGISTRY = {
+    "mlp": MLPDiscriminator,
+}

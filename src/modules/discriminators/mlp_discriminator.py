@@ -1,0 +1,28 @@
+"""DM²'s per-agent discriminator: ``FC(H) + Tanh -> FC(H) + Tanh -> FC(1)`` (a logit), K unshared stacks.
+
+The reference (a GAIL discriminator as in Kostrikov's PyTorch GAIL) uses this network with PyTorch's
+default ``nn.Linear`` initialisation, which :class:`modules.stacked.StackedLinear` reproduces per stack.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modules.stacked import ALL_STACKS, StackedLinear
+
+
+class MLPDiscriminator(nn.Module):
+    """``forward(x [K, M, input_dim], stacks) -> logits [K, M]``; ``D = sigmoid(logit)`` is the
+    probability that a row came from the expert. ``stacks`` runs only those networks."""
+
+    def __init__(self, n_stacks: int, input_dim: int, cfg):
+        super().__init__()
+        hidden = cfg.gail_hidden_dim
+        self.fc1 = StackedLinear(n_stacks, input_dim, hidden)
+        self.fc2 = StackedLinear(n_stacks, hidden, hidden)
+        self.head = StackedLinear(n_stacks, hidden, 1)
+
+    def forward(self, x: torch.Tensor, stacks: slice = ALL_STACKS) -> torch.Tensor:
+        z = torch.tanh(self.fc1(x, stacks=stacks))
+        z = torch.tanh(self.fc2(z, stacks=stacks))
+        return self.head(z, stacks=stacks).squeeze(-1)
