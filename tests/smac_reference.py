@@ -5,7 +5,10 @@ records, what oxwhirl/smac's ``smac/env/starcraft2/starcraft2.py`` (commit 8c4ff
 ``requirements-sc2.txt`` pins) computes in ``get_obs_agent``, ``get_state`` (``get_state_dict``), ``get_avail_agent_actions`` (with ``can_move`` / ``check_bounds``),
 ``get_surrounding_pathing`` / ``get_surrounding_height``, ``get_obs_size`` (and the ``get_obs_*_size``
 helpers), ``get_state_size``, ``get_env_info``, ``unit_max_shield``, ``unit_max_cooldown`` and
-``get_unit_type_id``, with the map registry of ``smac/env/starcraft2/maps/smac_maps.py``. It is written
+``get_unit_type_id``, with the map registry of ``smac/env/starcraft2/maps/smac_maps.py``. It also
+re-states what happens to rewards and episode ends after SC2 has advanced: ``update_units`` (the
+battle outcome), ``reward_battle`` (the dense reward and its death trackers), ``only_medivac_left``, the
+reward / ``terminated`` / ``info`` part of ``step`` and the counters of ``get_stats``. It is written
 independently of the simulator: one unit at a time, in SMAC's order, with SMAC's comparisons.
 
 What it keeps from SMAC on purpose, because the simulator must reproduce it:
@@ -29,6 +32,12 @@ What it keeps from SMAC on purpose, because the simulator must reproduce it:
 * Dead agents (health 0) observe all zeros (plus the appended timestep) and may only no-op.
 * The state normalises positions around the map centre ``map_x / 2 = 16`` by the playable size
   ``max_distance = 32`` (every SMAC arena is 32 x 32).
+* Rewards: a unit's "health" in the reward is health + shield; a death is rewarded once (the death
+  trackers); with ``reward_only_positive`` the reward is the ``abs`` of damage dealt plus kill bonuses,
+  so enemy shield regeneration *adds* reward; ``reward_sparse`` replaces the whole step reward by +1 /
+  -1 on a win / defeat (0 otherwise) and is still divided by ``max_reward / reward_scale_rate`` when
+  ``reward_scale`` is on; a draw (both armies gone in the same step) ends the episode with no bonus; a
+  battle that ends on the last allowed step is a win / defeat / draw, not a timeout.
 
 The pathing grid is the simulator's own data (SC2 hands SMAC the real one at launch): pass
 ``env.pathing_grid`` (``bool[map_x, map_y]``, indexed ``[x, y]`` like SMAC's ``self.pathing_grid``).
@@ -41,9 +50,13 @@ Typical use::
     ref.get_obs()            # list of n_agents arrays
     ref.get_state()          # float32 [state_size] (or the concatenated observations)
     ref.get_avail_actions()  # list of n_agents lists of n_actions ints
+
+    # after the game has advanced one agent step, from the same situation:
+    reward, terminated, info = ref.step_reward_and_termination(allies_after, enemies_after)
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -162,7 +175,10 @@ class SmacReference:
                  obs_pathing_grid: bool = False, obs_terrain_height: bool = False,
                  obs_instead_of_state: bool = False, obs_timestep_number: bool = False,
                  state_last_action: bool = True, state_timestep_number: bool = False,
-                 reward_death_value: float = 10, reward_win: float = 200, map_x: int = 32,
+                 reward_sparse: bool = False, reward_only_positive: bool = True,
+                 reward_death_value: float = 10, reward_win: float = 200, reward_defeat: float = 0,
+                 reward_negative_scale: float = 0.5, reward_scale: bool = True,
+                 reward_scale_rate: float = 20, continuing_episode: bool = False, map_x: int = 32,
                  map_y: int = 32, max_distance_x: float = 32, max_distance_y: float = 32):
         params = MAP_PARAMS[map_name]
         self.map_name = map_name
@@ -205,9 +221,26 @@ class SmacReference:
         self.ally_state_attr_names += type_names
         self.enemy_state_attr_names += type_names
 
+        self.reward_sparse = reward_sparse
+        self.reward_only_positive = reward_only_positive
+        self.reward_death_value = reward_death_value
+        self.reward_win = reward_win
+        self.reward_defeat = reward_defeat
+        self.reward_negative_scale = reward_negative_scale
+        self.reward_scale = reward_scale
+        self.reward_scale_rate = reward_scale_rate
+        self.continuing_episode = continuing_episode
+
         # SMAC starts max_reward at n_enemies * death value + win, then adds the enemies' full health
         # and shields when it first sees them (init_units, first episode only).
         self.max_reward = self.n_enemies * reward_death_value + reward_win
+        # reward bookkeeping of the current episode (see set_units) and the counters of get_stats
+        self.death_tracker_ally = [0] * self.n_agents
+        self.death_tracker_enemy = [0] * self.n_enemies
+        self.previous_ally_units: list[_Sc2Unit] | None = None
+        self.previous_enemy_units: list[_Sc2Unit] | None = None
+        self.win_counted = self.defeat_counted = False
+        self.battles_won = self.battles_game = self.timeouts = 0
         self._first_situation = True
         self.agents: list[_Sc2Unit] = []
         self.enemies: list[_Sc2Unit] = []
@@ -241,6 +274,13 @@ class SmacReference:
             self.last_action = np.asarray(last_action, dtype=np.float64).reshape(self.n_agents,
                                                                                  self.n_actions)
         self.episode_steps = episode_steps
+        # The situation starts the reward bookkeeping afresh, as SMAC's reset() does, with one
+        # difference that keeps it consistent with an episode that reached it: units already dead
+        # here died in an earlier step, which rewarded their death, so their trackers are set.
+        self.death_tracker_ally = [1 if a.health == 0 else 0 for a in self.agents]
+        self.death_tracker_enemy = [1 if e.health == 0 else 0 for e in self.enemies]
+        self.previous_ally_units = self.previous_enemy_units = None
+        self.win_counted = self.defeat_counted = False
 
     @staticmethod
     def _sc2_unit(u: Unit, type_id: int) -> _Sc2Unit:
@@ -527,3 +567,164 @@ class SmacReference:
         if self.state_timestep_number:
             parts.append(np.array([self.episode_steps / self.episode_limit]))
         return np.concatenate(parts).astype(np.float32)
+
+    # ------------------------------------------------------------------ rewards and episode end
+    def only_medivac_left(self, ally: bool) -> bool:
+        """SMAC's ``only_medivac_left`` (MMM maps only), quirks included.
+
+        For the agents: no living agent other than a medivac. For the enemy, SMAC filters out units of
+        the *agents'* medivac id, which enemy units never have (they carry the stock id 54), so it keeps
+        every living enemy and asks that exactly one be left and that it be a medivac.
+        """
+        if self.map_type != "MMM":
+            return False
+        units = self.agents if ally else self.enemies
+        alive = [u for u in units if u.health > 0 and u.unit_type != self.medivac_id]
+        if ally:
+            return len(alive) == 0
+        return len(alive) == 1 and alive[0].unit_type == STOCK_UNIT_TYPE_IDS["medivac"]
+
+    def update_units(self, allies: list[Unit], enemies: list[Unit]):
+        """SMAC's ``update_units``: take in the units SC2 reports after a step; 1 won, -1 lost, 0 draw,
+        ``None`` while the battle goes on.
+
+        ``allies`` / ``enemies`` are the units after the step in id order, a dead one with health 0.
+        SC2 leaves dead units out of its observation, so SMAC keeps a dead unit's last record and only
+        zeroes its health; the values given for a dead unit (other than its health) are ignored here
+        for the same reason. The previous records are kept for ``reward_battle``.
+        """
+        if len(allies) != self.n_agents or len(enemies) != self.n_enemies:
+            raise ValueError(f"{self.map_name} has {self.n_agents} agents and {self.n_enemies} enemies, "
+                             f"got {len(allies)} and {len(enemies)} units.")
+        self.previous_ally_units = [copy.copy(u) for u in self.agents]
+        self.previous_enemy_units = [copy.copy(u) for u in self.enemies]
+
+        n_alive = []
+        for records, new_units in ((self.agents, allies), (self.enemies, enemies)):
+            count = 0
+            for u_id, new in enumerate(new_units):
+                old = records[u_id]
+                if new.health < 0:
+                    raise ValueError(f"unit {u_id} reports health {new.health}; SC2 never reports "
+                                     f"negative health.")
+                if new.health > 0:  # still in SC2's observation
+                    if old.health == 0:
+                        raise ValueError(f"unit {u_id} was dead and has health {new.health} again; "
+                                         f"SC2 does not bring units back.")
+                    records[u_id] = self._sc2_unit(new, old.unit_type)
+                    count += 1
+                else:  # gone from the observation: dead
+                    old.health = 0
+            n_alive.append(count)
+        n_ally_alive, n_enemy_alive = n_alive
+
+        # SMAC's order: defeat first, then win, then draw (on MMM maps a draw therefore reads as a
+        # defeat, because no agent but medivacs is left)
+        if (n_ally_alive == 0 and n_enemy_alive > 0) or self.only_medivac_left(ally=True):
+            return -1
+        if (n_ally_alive > 0 and n_enemy_alive == 0) or self.only_medivac_left(ally=False):
+            return 1
+        if n_ally_alive == 0 and n_enemy_alive == 0:
+            return 0
+        return None
+
+    def reward_battle(self) -> float:
+        """SMAC's ``reward_battle``: the dense reward of the step ``update_units`` just took in.
+
+        Health here is health + shield. Enemies: damage dealt, plus ``reward_death_value`` and the
+        unit's whole previous health for each enemy that died. Agents (only without
+        ``reward_only_positive``): minus ``reward_negative_scale`` times the same. A unit's death is
+        counted once: its death tracker is then set and the unit is skipped from there on. With
+        ``reward_only_positive`` SMAC returns the ``abs`` of the enemy part, so a step in which the
+        enemies' shields regenerate more than they are hurt gives a *positive* reward.
+        With ``reward_sparse`` it returns 0 before touching the trackers (they are unused then).
+        """
+        if self.reward_sparse:
+            return 0
+
+        delta_deaths = 0
+        delta_ally = 0
+        delta_enemy = 0
+        neg_scale = self.reward_negative_scale
+
+        for al_id, al_unit in enumerate(self.agents):
+            if self.death_tracker_ally[al_id]:
+                continue  # death already rewarded
+            prev = self.previous_ally_units[al_id]
+            prev_health = prev.health + prev.shield
+            if al_unit.health == 0:  # died in this step
+                self.death_tracker_ally[al_id] = 1
+                if not self.reward_only_positive:
+                    delta_deaths -= self.reward_death_value * neg_scale
+                delta_ally += prev_health * neg_scale
+            else:
+                delta_ally += neg_scale * (prev_health - al_unit.health - al_unit.shield)
+
+        for e_id, e_unit in enumerate(self.enemies):
+            if self.death_tracker_enemy[e_id]:
+                continue
+            prev = self.previous_enemy_units[e_id]
+            prev_health = prev.health + prev.shield
+            if e_unit.health == 0:
+                self.death_tracker_enemy[e_id] = 1
+                delta_deaths += self.reward_death_value
+                delta_enemy += prev_health
+            else:
+                delta_enemy += prev_health - e_unit.health - e_unit.shield
+
+        if self.reward_only_positive:
+            return abs(delta_enemy + delta_deaths)  # SMAC's comment: "shield regeneration"
+        return delta_enemy + delta_deaths - delta_ally
+
+    def step_reward_and_termination(self, allies: list[Unit], enemies: list[Unit]):
+        """The part of SMAC's ``step`` after SC2 has advanced: ``(reward, terminated, info)``.
+
+        ``allies`` / ``enemies``: the units after the step (see ``update_units``). Counts the step,
+        takes the units in, computes ``reward_battle``, counts dead units (health 0) for ``info``, then
+
+        * battle over (``update_units`` not ``None``): terminated; a win adds ``reward_win`` (or makes
+          the reward exactly 1 with ``reward_sparse``) and sets ``info["battle_won"]``; a defeat adds
+          ``reward_defeat`` (or makes it -1); a draw adds nothing. Each counts once per episode.
+        * otherwise, at ``episode_steps >= episode_limit``: terminated by timeout, with
+          ``info["episode_limit"] = True`` only under ``continuing_episode``.
+
+        Last, with ``reward_scale`` (sparse or not), the reward is divided by
+        ``max_reward / reward_scale_rate``.
+        """
+        self.episode_steps += 1
+        game_end_code = self.update_units(allies, enemies)
+
+        terminated = False
+        reward = self.reward_battle()
+        info = {"battle_won": False}
+        info["dead_allies"] = sum(1 for u in self.agents if u.health == 0)
+        info["dead_enemies"] = sum(1 for u in self.enemies if u.health == 0)
+
+        if game_end_code is not None:
+            terminated = True
+            self.battles_game += 1
+            if game_end_code == 1 and not self.win_counted:
+                self.battles_won += 1
+                self.win_counted = True
+                info["battle_won"] = True
+                reward = 1 if self.reward_sparse else reward + self.reward_win
+            elif game_end_code == -1 and not self.defeat_counted:
+                self.defeat_counted = True
+                reward = -1 if self.reward_sparse else reward + self.reward_defeat
+        elif self.episode_steps >= self.episode_limit:
+            terminated = True
+            if self.continuing_episode:
+                info["episode_limit"] = True
+            self.battles_game += 1
+            self.timeouts += 1
+
+        if self.reward_scale:
+            reward /= self.max_reward / self.reward_scale_rate
+        return reward, terminated, info
+
+    def get_stats(self) -> dict:
+        """SMAC's ``get_stats`` (``win_rate`` divides by ``battles_game``, which must not be 0; this
+        reference never restarts SC2, so ``restarts`` is 0)."""
+        return {"battles_won": self.battles_won, "battles_game": self.battles_game,
+                "battles_draw": self.timeouts, "win_rate": self.battles_won / self.battles_game,
+                "timeouts": self.timeouts, "restarts": 0}
