@@ -8,35 +8,24 @@ import torch
 import torch.nn.functional as F
 
 from alg_helpers import ToyBatchedEnv, build, make_cfg
-from components.demonstrations import FORMAT, VERSION, Demonstrations, DemonstrationError, save_demonstrations
+from components.demonstrations import (Demonstrations, DemonstrationError, make_demonstrations,
+                                       save_demonstrations)
 from components.gail import AgentDiscriminators, EpisodeRows, RowSpec, alive_steps
 from config.loader import ConfigError, load_config
 
 N_AGENTS, N_ACTIONS, OBS_DIM, LIMIT = 3, 5, 7, 9
 
 
-def demonstrations_from_arrays(obs, actions, lengths, keep) -> Demonstrations:
-    """A dataset of slot-major arrays ``obs [N, E, T, D]``, ``actions [N, E, T]``, ``lengths [N, E]``,
-    zeroed where ``keep [N or 1, E, T]`` is false."""
-    n, e, _ = actions.shape
-    meta = {"format": FORMAT, "version": VERSION, "map_name": "3m", "n_agents": n, "n_actions": N_ACTIONS,
-            "obs_dim": obs.shape[-1], "episode_limit": LIMIT, "obs_flags": {}, "backend": "toy", "style": "dm2",
-            "n_episodes": e, "sampling": {"mode": "stochastic"}, "seed": 0, "slots": [{"slot": i} for i in range(n)],
-            "rollouts": [{"team": "toy"}], "win_rate": 0.0, "target_win_rate": None, "created": "now",
-            "dm2_commit": None}
-    return Demonstrations(obs=np.ascontiguousarray(obs * keep[..., None], dtype=np.float32),
-                          actions=np.ascontiguousarray(actions * keep, dtype=np.int64),
-                          lengths=np.ascontiguousarray(np.broadcast_to(lengths, (n, e)), dtype=np.int64),
-                          won=np.zeros((n, e), dtype=bool), meta=meta)
+def demonstrations_from_arrays(obs, actions, lengths) -> Demonstrations:
+    """A dataset on "3m" of slot-major arrays ``obs [N, E, T, D]``, ``actions [N, E, T]``, ``lengths [N, E]``."""
+    return make_demonstrations(obs, np.broadcast_to(lengths, actions.shape[:2]), map_name="3m", n_actions=N_ACTIONS,
+                               episode_limit=LIMIT, actions=actions)
 
 
 def demonstrations_from(batch) -> Demonstrations:
     """A dataset whose slot i holds agent i's observations and actions of the episodes of ``batch``."""
-    t_len = batch.max_t
-    lengths = batch.episode_lengths().numpy()
-    keep = np.arange(t_len)[None, None, :] < lengths[None, :, None]               # [1, E, T]
-    return demonstrations_from_arrays(batch.obs[:, :t_len].numpy().transpose(2, 0, 1, 3),
-                                      batch.actions.numpy().transpose(2, 0, 1), lengths[None], keep)
+    return demonstrations_from_arrays(batch.obs[:, : batch.max_t].numpy().transpose(2, 0, 1, 3),
+                                      batch.actions.numpy().transpose(2, 0, 1), batch.episode_lengths().numpy())
 
 
 def toy_batch(seed: int, n_envs: int = 16, torch_seed: int = 0):
@@ -147,8 +136,7 @@ def test_discriminator_separates_two_known_distributions():
     classifier is right 99.9% of the time per row; after training, each agent's D is right on more than
     95% of rows on both sides, and the logit reward is higher on expert-like rows."""
     expert_obs, expert_actions, expert_lengths = _gaussian_episodes(+1.0)
-    keep = (torch.arange(LIMIT) < expert_lengths.unsqueeze(-1)).numpy()
-    demos = demonstrations_from_arrays(expert_obs.numpy(), expert_actions.numpy(), expert_lengths.numpy(), keep)
+    demos = demonstrations_from_arrays(expert_obs.numpy(), expert_actions.numpy(), expert_lengths.numpy())
     gail = _discriminators(demos)
     policy_obs, policy_actions, policy_lengths = _gaussian_episodes(-1.0, seed=1)
     stats = gail.train(policy_obs, policy_actions, policy_lengths)
@@ -166,8 +154,7 @@ def test_gradient_penalty_and_loss_equal_a_plain_autograd_computation():
     """Agent 1's loss on given rows equals the same loss computed with plain ``nn.Linear`` layers holding
     agent 1's weights: BCE on each side plus λ · mean((‖∇_x D(x̂)‖ - 1)²), x̂ from the same α and pairing."""
     expert_obs, actions, lengths = _gaussian_episodes(+1.0, n_episodes=8)
-    keep = (torch.arange(LIMIT) < lengths.unsqueeze(-1)).numpy()
-    gail = _discriminators(demonstrations_from_arrays(expert_obs.numpy(), actions.numpy(), lengths.numpy(), keep))
+    gail = _discriminators(demonstrations_from_arrays(expert_obs.numpy(), actions.numpy(), lengths.numpy()))
     expert_rows, policy_rows = torch.randn(30, OBS_DIM), torch.randn(22, OBS_DIM) - 1
     g = torch.Generator()
     g.set_state(gail.generators[1].get_state())
@@ -199,8 +186,7 @@ def test_gradient_penalty_and_loss_equal_a_plain_autograd_computation():
 @pytest.mark.parametrize("form", ["logit", "positive", "negative"])
 def test_reward_forms(form):
     expert_obs, actions, lengths = _gaussian_episodes(+1.0, n_episodes=8)
-    keep = (torch.arange(LIMIT) < lengths.unsqueeze(-1)).numpy()
-    demos = demonstrations_from_arrays(expert_obs.numpy(), actions.numpy(), lengths.numpy(), keep)
+    demos = demonstrations_from_arrays(expert_obs.numpy(), actions.numpy(), lengths.numpy())
     gail = _discriminators(demos, gail_reward=form)
     obs = torch.randn(2, 4, 3, OBS_DIM) * 3
     reward = gail.rewards(obs, torch.zeros(2, 4, 3, dtype=torch.long)).double()

@@ -168,10 +168,11 @@ class AgentDiscriminators:
         n_pairs = min(len(expert_rows), len(policy_rows))
         partner = torch.randperm(len(policy_rows), generator=g)[:n_pairs].to(self.device)
         alpha = torch.rand(n_pairs, 1, generator=g).to(self.device)
-        mixed = (alpha * expert_rows[:n_pairs] + (1 - alpha) * policy_rows[partner]).requires_grad_(True)
-        logits = self.net(torch.cat([expert_rows, policy_rows, mixed]).unsqueeze(0), stacks=slice(k, k + 1))[0]
-        expert_logits, policy_logits, mixed_logits = logits.split([len(expert_rows), len(policy_rows), n_pairs])
-        (grad,) = torch.autograd.grad(mixed_logits.sum(), mixed, create_graph=True)
+        mixed = alpha * expert_rows[:n_pairs] + (1 - alpha) * policy_rows[partner]
+        stack = slice(k, k + 1)
+        logits = self.net(torch.cat([expert_rows, policy_rows]).unsqueeze(0), stacks=stack)[0]
+        expert_logits, policy_logits = logits.split([len(expert_rows), len(policy_rows)])
+        grad = self.net.input_gradient(mixed.unsqueeze(0), stacks=stack)[0]   # d D_k / d x at the interpolates
         penalty = (grad.norm(dim=-1) - 1).pow(2).mean()
         bce = (F.binary_cross_entropy_with_logits(expert_logits, torch.ones_like(expert_logits))
                + F.binary_cross_entropy_with_logits(policy_logits, torch.zeros_like(policy_logits)))

@@ -26,3 +26,17 @@ class MLPDiscriminator(nn.Module):
         z = torch.tanh(self.fc1(x, stacks=stacks))
         z = torch.tanh(self.fc2(z, stacks=stacks))
         return self.head(z, stacks=stacks).squeeze(-1)
+
+    def input_gradient(self, x: torch.Tensor, stacks: slice = ALL_STACKS) -> torch.Tensor:
+        """``d logit / d x`` of every row, ``[K, M, input_dim]``, as a differentiable function of the
+        parameters (for gradient penalties).
+
+        Written out by the chain rule, ``(((1 - h2²) ⊙ w3ᵀ) W2ᵀ ⊙ (1 - h1²)) W1ᵀ`` with ``h1, h2`` the
+        hidden activations, so that penalising it needs one ordinary backward pass instead of autograd's
+        double backward (``create_graph=True``): same values, about half the time.
+        """
+        h1 = torch.tanh(self.fc1(x, stacks=stacks))
+        h2 = torch.tanh(self.fc2(h1, stacks=stacks))
+        g2 = (1 - h2 * h2) * self.head.weight[stacks].transpose(1, 2)           # [K, M, H]
+        g1 = torch.bmm(g2, self.fc2.weight[stacks].transpose(1, 2)) * (1 - h1 * h1)
+        return torch.bmm(g1, self.fc1.weight[stacks].transpose(1, 2))
