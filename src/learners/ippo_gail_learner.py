@@ -25,9 +25,10 @@ from components.gail import AgentDiscriminators
 from learners.ippo_learner import IPPOLearner, Rollout
 
 REWARD_MIXES = ("mixed", "env", "gail")
-MAKE_DEMOS_HINT = ("Make demonstrations with `python src/demos.py pipeline --runs results/models/<token> ...` "
-                   "(or `src/demos.py record`, see docs/demonstrations.md) from an IPPO run saved with "
-                   "save_model=True, then pass gail_data_path=<file.npz>.")
+MAKE_DEMOS_HINT = ("Make demonstrations from an IPPO run trained with save_model=True: `python src/demos.py pipeline "
+                   "--runs results/models/<token> --targets 0.3 0.5 --out-dir demos/<map>` (or `src/demos.py "
+                   "record <checkpoint> --out <file.npz>`; see docs/demonstrations.md), then pass "
+                   "gail_data_path=demos/<map>/dm2_wr0.5.npz.")
 
 
 class IPPOGAILLearner(IPPOLearner):
