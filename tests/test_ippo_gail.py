@@ -63,7 +63,7 @@ def test_ippo_gail_builds_on_ippo_with_the_papers_reward_coefficients():
 
 def test_missing_or_bad_demonstrations_stop_before_the_run(tmp_path):
     base = {"env_args.map_name": "3m", "env_args.backend": "sim"}
-    with pytest.raises(ConfigError, match=r"gail_data_path is empty\. Make demonstrations with .*src/demos\.py"):
+    with pytest.raises(ConfigError, match=r"gail_data_path is empty\. Make demonstrations from an IPPO run .*src/demos\.py pipeline"):
         load_config("ippo_gail", "sc2", base)
     with pytest.raises(ConfigError, match=r"gail_data_path='.*nowhere.npz' is not a file"):
         load_config("ippo_gail", "sc2", {**base, "gail_data_path": str(tmp_path / "nowhere.npz")})
