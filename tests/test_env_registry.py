@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 
 import envs
-from envs import REGISTRY
+from envs import REGISTRY, sim
 from envs.subprocess_env import SubprocessBatchedEnv
-
-sim = pytest.importorskip("envs.sim")
 
 FAKE_SMAC_ENV = textwrap.dedent('''
     import os

@@ -15,7 +15,7 @@ import torch
 import main
 import run as run_module
 from config.loader import ConfigError, load_config
-from utils.checkpoint import CHECKPOINT_FILE, CheckpointError
+from utils.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from utils.logging import Logger, StatAccumulator, episode_stat_means
 
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "main.py")
@@ -102,11 +102,33 @@ def test_use_cuda_without_cuda_warns_and_uses_the_cpu(caplog):
 
 # --- end to end (subprocesses running the real command line on the embedded simulator) ------------------------
 
+def cli_args(alg, *with_args, command=()):
+    return [sys.executable, MAIN, f"--config={alg}", *command, "with", *TINY, *with_args]
+
+
 def run_cli(cwd, *with_args, alg="ippo", command=()):
-    proc = subprocess.run([sys.executable, MAIN, f"--config={alg}", *command, "with", *TINY, *with_args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cli_args(alg, *with_args, command=command), cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+class BackgroundRun:
+    """A training run started in the background in its own working directory; ``models()`` waits for it
+    and returns its models directory (its only one)."""
+
+    def __init__(self, cwd, alg, *with_args):
+        self.cwd, self.alg, self.with_args = cwd, alg, with_args
+        self.proc = subprocess.Popen(cli_args(alg, *with_args), cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.output = None
+
+    def models(self):
+        if self.output is None:
+            self.output = self.proc.communicate(timeout=600)
+        assert self.proc.returncode == 0, self.output[0][-3000:] + self.output[1][-3000:]
+        (token,) = os.listdir(self.cwd / "results" / "models")
+        return self.cwd / "results" / "models" / token
 
 
 def read_json(path):
@@ -114,19 +136,49 @@ def read_json(path):
         return json.load(f)
 
 
+def sacred_run_dir(cwd, alg, token):
+    """The Sacred run directory (``results/sacred/3m/<alg>/<id>``) of the run that recorded ``token`` as
+    its ``unique_token`` (the name of its models / tb_logs directories)."""
+    root = cwd / "results" / "sacred" / "3m" / alg
+    (run_dir,) = [d for d in root.iterdir()
+                  if (d / "info.json").is_file() and read_json(d / "info.json").get("unique_token") == token]
+    return run_dir
+
+
+def file_bytes(directory):
+    """Every file under ``directory`` (relative path -> bytes)."""
+    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
+            if path.is_file()}
+
+
+QMIX_ARGS = ("batch_size=4", "buffer_size=64")
+
+
 @pytest.fixture(scope="module")
-def original(tmp_path_factory):
-    """A tiny IPPO run on 3m with checkpoints every 300 env steps."""
-    cwd = tmp_path_factory.mktemp("runs")
-    run_cli(cwd)
-    sacred_dir = cwd / "results" / "sacred" / "3m" / "ippo"
-    (token,) = os.listdir(cwd / "results" / "models")
-    return cwd, sacred_dir, cwd / "results" / "models" / token
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted tiny runs on 3m (checkpoints every 300 env steps) that the end-to-end tests read
+    and resume: IPPO, IPPO with use_value_norm and QMIX. Each has its own working directory; they are
+    started together (each process is mostly single-threaded start-up), each test waits for its own."""
+    runs = {"ippo": BackgroundRun(tmp_path_factory.mktemp("ippo"), "ippo"),
+            "ippo_value_norm": BackgroundRun(tmp_path_factory.mktemp("ippo_value_norm"), "ippo", "use_value_norm=True"),
+            "qmix": BackgroundRun(tmp_path_factory.mktemp("qmix"), "qmix", *QMIX_ARGS)}
+    yield runs
+    for run in runs.values():
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def original(uninterrupted):
+    """The IPPO run: ``(cwd, its Sacred run dir, models)``."""
+    run = uninterrupted["ippo"]
+    models = run.models()
+    return run.cwd, sacred_run_dir(run.cwd, "ippo", models.name), models
 
 
 def test_sacred_run_directory(original):
-    cwd, sacred_dir, models = original
-    run_dir = sacred_dir / "1"
+    cwd, run_dir, models = original
     assert {"config.json", "run.json", "cout.txt", "metrics.json", "info.json"} <= set(os.listdir(run_dir))
     assert read_json(run_dir / "run.json")["status"] == "COMPLETED"
     config = read_json(run_dir / "config.json")
@@ -145,40 +197,124 @@ def test_sacred_run_directory(original):
     assert os.listdir(cwd / "results" / "tb_logs")
 
 
-def assert_resume_is_exact(cwd, sacred_dir, models, alg="ippo", *with_args):
-    """Resume from the first checkpoint: the resumed run's metrics equal the original's, number for number
-    (the replayed history up to the checkpoint and everything computed after it), and nothing of the
-    original run is touched."""
-    first = sacred_dir / "1"
-    before = {name: (first / name).read_bytes() for name in os.listdir(first)}
-    mid = sorted(int(s) for s in os.listdir(models))[0]
+# Checkpoint fields that legitimately differ between a resumed run and the uninterrupted one: where the
+# run's Sacred records are, and the two settings that asked for the resume. Everything else (learner
+# parameters, optimiser moments and step counts, value normaliser, replay buffer and its generator,
+# environment states, global RNG states, loop counters, pending statistics, logged history) must be equal.
+RUN_SPECIFIC = {("sacred_run_dir",), ("config", "checkpoint_path"), ("config", "load_step")}
+
+
+def assert_same_state(a, b, path=(), compared=None):
+    """``a`` equals ``b`` exactly, recursively through dicts, lists and tuples: tensors (``torch.equal``,
+    same dtype), numpy arrays (``array_equal``, same dtype) and plain values (same type, ``==``), except the
+    ``RUN_SPECIFIC`` paths. Records every compared leaf path in ``compared``."""
+    where = ".".join(map(str, path))
+    if path in RUN_SPECIFIC:
+        return
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_same_state(a[key], b[key], path + (key,), compared)
+        return
+    if isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), f"{where}: {type(a)} of {len(a)} != {type(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, path + (i,), compared)
+        return
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where}: tensors differ"
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), f"{where}: arrays differ"
+    else:
+        assert type(a) is type(b) and a == b, f"{where}: {a!r} != {b!r}"
+    if compared is not None:
+        compared.add(path)
+
+
+# Leaves that the comparison must reach, per learner (path patterns; ``*`` matches one key).
+MUST_COMPARE = {
+    "common": ["learner.mac.*", "train_env.env_seeds", "train_env.episodes_started", "test_env.env_seeds",
+               "rng.torch", "rng.numpy.1", "rng.python.1.*", "loop.t_env", "loop.episode", "log_history.*.*"],
+    "ippo": ["learner.critic.*", "learner.actor_optim.state.*.exp_avg", "learner.actor_optim.state.*.exp_avg_sq",
+             "learner.actor_optim.state.*.step", "learner.critic_optim.state.*.exp_avg_sq",
+             "learner.critic_optim.state.*.step"],
+    "value_norm": ["learner.value_norm.mean", "learner.value_norm.var", "learner.value_norm.count"],
+    "qmix": ["learner.target_mac.*", "learner.mixer.*", "learner.target_mixer.*",
+             "learner.optim.state.*.square_avg", "learner.optim.state.*.step", "learner.buffer.storage.obs",
+             "learner.buffer.storage.actions", "learner.buffer.next_slot", "learner.buffer.generator"],
+}
+
+
+def _reached(pattern, compared):
+    keys = pattern.split(".")
+    return any(len(p) == len(keys) and all(k in ("*", str(x)) for k, x in zip(keys, p)) for p in compared)
+
+
+def assert_resume_is_exact(cwd, models, alg="ippo", *with_args, must_compare=()):
+    """Resume ``models``' run (in ``cwd``) from its first checkpoint: every checkpoint the resumed run writes
+    equals the uninterrupted run's checkpoint of the same step in every piece of state, its Sacred metrics
+    equal the original's number for number (the replayed history up to the checkpoint and everything
+    computed after it), and nothing of the original run is touched. The runs are found by what they
+    record (models tokens, ``info.json``), so this works whatever other runs share ``cwd``."""
+    original_run = sacred_run_dir(cwd, alg, models.name)
+    untouched = {"sacred": file_bytes(original_run), "models": file_bytes(models)}
+    tokens = set(os.listdir(models.parent))
+    steps = sorted(int(s) for s in os.listdir(models))
+    mid = steps[0]
     run_cli(cwd, f"checkpoint_path={models}", f"load_step={mid}", *with_args, alg=alg)
-    resumed = sacred_dir / "2"
-    assert {name: (first / name).read_bytes() for name in os.listdir(first)} == before
-    (new_token,) = set(os.listdir(models.parent)) - {models.name}  # the resumed run writes under its own token
-    original_steps = sorted(int(step) for step in os.listdir(models))
-    assert sorted(int(step) for step in os.listdir(models.parent / new_token)) == [t for t in original_steps if t > mid]
-    info = read_json(resumed / "info.json")["resumed_from"]
-    assert info["t_env"] == mid and info["sacred_run_dir"].endswith(os.path.join("3m", alg, "1"))
-    a, b = read_json(first / "metrics.json"), read_json(resumed / "metrics.json")
+    assert {"sacred": file_bytes(original_run), "models": file_bytes(models)} == untouched
+
+    (new_token,) = set(os.listdir(models.parent)) - tokens  # the resumed run writes under its own token
+    resumed_models = models.parent / new_token
+    assert sorted(int(step) for step in os.listdir(resumed_models)) == [t for t in steps if t > mid]
+    resumed_run = sacred_run_dir(cwd, alg, new_token)
+    info = read_json(resumed_run / "info.json")["resumed_from"]
+    assert info["t_env"] == mid and os.path.samefile(info["checkpoint"], models / str(mid) / CHECKPOINT_FILE)
+    assert os.path.samefile(cwd / info["sacred_run_dir"], original_run)
+
+    compared = set()
+    for step in steps[1:]:
+        a = load_checkpoint(models / str(step) / CHECKPOINT_FILE)
+        b = load_checkpoint(resumed_models / str(step) / CHECKPOINT_FILE)
+        assert a["loop"]["t_env"] == step
+        assert_same_state(a, b, compared=compared)
+        # the excluded fields do differ (and say where each run is)
+        assert os.path.samefile(cwd / a["sacred_run_dir"], original_run)
+        assert os.path.samefile(cwd / b["sacred_run_dir"], resumed_run)
+        assert (a["config"]["checkpoint_path"], b["config"]["checkpoint_path"]) == ("", str(models))
+    missing = [p for p in MUST_COMPARE["common"] + MUST_COMPARE[alg] + list(must_compare) if not _reached(p, compared)]
+    assert not missing, f"the comparison never reached {missing}"
+    # and the state did move on after the checkpoint: the comparison is not between two copies of it
+    first, final = load_checkpoint(models / str(mid) / CHECKPOINT_FILE), a
+    assert any(not torch.equal(v, final["learner"]["mac"][k]) for k, v in first["learner"]["mac"].items())
+
+    a, b = read_json(original_run / "metrics.json"), read_json(resumed_run / "metrics.json")
     assert set(a) == set(b) and max(a["episode"]["steps"]) > mid
     for key in a:
         assert (a[key]["steps"], a[key]["values"]) == (b[key]["steps"], b[key]["values"]), key
 
 
 def test_resume_is_exact_and_overwrites_nothing(original):
-    assert_resume_is_exact(*original)
+    cwd, _, models = original
+    assert_resume_is_exact(cwd, models)
 
 
-def test_qmix_resume_is_exact(tmp_path):
+def test_ippo_resume_with_value_norm_is_exact(uninterrupted):
+    """The value normaliser's running statistics are restored too."""
+    run = uninterrupted["ippo_value_norm"]
+    assert_resume_is_exact(run.cwd, run.models(), "ippo", *run.with_args, must_compare=MUST_COMPARE["value_norm"])
+
+
+def test_qmix_resume_is_exact(uninterrupted):
     """QMIX adds a replay buffer, epsilon schedule and target networks to what must be restored."""
-    qmix_args = ("batch_size=4", "buffer_size=64", "t_max=900")
-    run_cli(tmp_path, *qmix_args, alg="qmix")
-    (token,) = os.listdir(tmp_path / "results" / "models")
-    metrics = read_json(tmp_path / "results" / "sacred" / "3m" / "qmix" / "1" / "metrics.json")
-    assert metrics["loss"]["steps"]  # the learner trained before and after the checkpoint
-    assert_resume_is_exact(tmp_path, tmp_path / "results" / "sacred" / "3m" / "qmix",
-                           tmp_path / "results" / "models" / token, "qmix", *qmix_args)
+    run = uninterrupted["qmix"]
+    models = run.models()
+    metrics = read_json(sacred_run_dir(run.cwd, "qmix", models.name) / "metrics.json")
+    first_checkpoint = min(int(s) for s in os.listdir(models))
+    loss_steps = metrics["loss"]["steps"]  # the learner trained before and after the checkpoint
+    assert min(loss_steps) <= first_checkpoint < max(loss_steps)
+    assert_resume_is_exact(run.cwd, models, "qmix", *run.with_args)
 
 
 def test_sacred_commands_pass_through(tmp_path):
@@ -188,14 +324,15 @@ def test_sacred_commands_pass_through(tmp_path):
 
 
 def test_evaluate_with_replays(original):
-    cwd, sacred_dir, models = original
+    cwd, original_run, models = original
     final = max(int(s) for s in os.listdir(models))
     n_model_dirs = len(os.listdir(cwd / "results" / "models"))
+    sacred_runs = set(original_run.parent.iterdir())
     proc = run_cli(cwd, f"checkpoint_path={models}", "evaluate=True", "save_replay=True", "replay_nepisode=2",
                    "use_cuda=True")
     if not torch.cuda.is_available():
         assert "running on the CPU" in proc.stdout
-    run_dir = sacred_dir / str(max(int(d) for d in os.listdir(sacred_dir) if d.isdigit()))
+    (run_dir,) = set(original_run.parent.iterdir()) - sacred_runs  # the evaluation's own Sacred run
     metrics = read_json(run_dir / "metrics.json")
     assert set(metrics) == {"test_return_mean", "test_return_std", "test_battle_won_mean", "test_ep_length_mean",
                             "test_dead_allies_mean", "test_dead_enemies_mean"}

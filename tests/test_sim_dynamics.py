@@ -153,16 +153,43 @@ def test_enemy_attack_moves_to_the_agents_spawn_and_engages():
     assert b.health[0, :env.n_agents].sum() < 3 * 45.0  # and shooting once in range
 
 
-def test_units_do_not_overlap():
+def _march_east_8m():
+    """8m, every agent moving east for 15 steps; yields the env after each step."""
     env = StarCraft2Env(map_name="8m", seed=1)
     env.reset()
-    b = env.batch
-    radius = b.static[0]
     for _ in range(15):
         avail = np.array(env.get_avail_actions())
         env.step(np.where(avail[:, 4] == 1, 4, np.where(avail[:, 1] == 1, 1, 0)))  # everyone east
+        yield env
+
+
+def _closest_living_pair(env):
+    """``min(distance - (r_i + r_j))`` over the pairs of living units of env 0 (negative: they overlap)."""
+    b = env.batch
+    radius = b.static[0]
+    alive = np.flatnonzero(b.health[0] > 0)
+    gaps = [np.hypot(b.x[0, i] - b.x[0, j], b.y[0, i] - b.y[0, j]) - radius[i] - radius[j]
+            for i in alive for j in alive[alive > i]]
+    return min(gaps)
+
+
+def test_units_do_not_overlap():
+    for env in _march_east_8m():
+        b = env.batch
+        radius = b.static[0]
         alive = np.flatnonzero(b.health[0] > 0)
         for i in alive:
             for j in alive[alive > i]:
                 d = np.hypot(b.x[0, i] - b.x[0, j], b.y[0, i] - b.y[0, j])
                 assert d >= (radius[i] + radius[j]) * 0.5  # one push pass per loop keeps them apart
+
+
+# docs/simulator.md: "Collision is a single push-apart pass per loop", which does not guarantee that no two
+# units overlap after it (resolving one pair can push a unit into a third). Measured in this scenario:
+# pairs overlap by up to 0.031 (contact distance 0.75) at 4 of the 15 steps. The strict check stays here,
+# expected to fail, so that it turns into an error (XPASS, strict) once the collision step guarantees it.
+@pytest.mark.xfail(strict=True, reason="single push-apart pass per loop: marines overlap by up to 0.031")
+def test_living_units_never_overlap():
+    tolerance = 1e-6  # float rounding of the push itself
+    worst = min(_closest_living_pair(env) for env in _march_east_8m())
+    assert worst >= -tolerance, f"two living units overlap by {-worst:.4f}"

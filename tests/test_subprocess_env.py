@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 
+from envs import sim
 from envs.multiagentenv import MultiAgentEnv
 from envs.subprocess_env import EnvWorkerError, SubprocessBatchedEnv
 
@@ -301,8 +302,6 @@ def test_state_dict_continues_the_random_streams_exactly(make):
 
 
 # --------------------------------------------------------------------------- the simulator in workers
-sim = pytest.importorskip("envs.sim")
-
 
 def test_simulator_in_workers_matches_the_batched_engine(tmp_path):
     """SMAC's single-env API of the simulator, in spawned workers, equals the batched engine exactly."""
