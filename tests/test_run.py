@@ -14,7 +14,9 @@ import torch
 
 import main
 import run as run_module
+from components.demonstrations import make_demonstrations, save_demonstrations
 from config.loader import ConfigError, load_config
+from envs import sim
 from utils.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from utils.logging import Logger, StatAccumulator, episode_stat_means
 
@@ -154,13 +156,26 @@ def file_bytes(directory):
 QMIX_ARGS = ("batch_size=4", "buffer_size=64")
 
 
+def random_demonstrations_3m(path) -> str:
+    """A small demonstrations file for 3m (random observations): enough to train ``ippo_gail``."""
+    info = sim.StarCraft2Env(map_name="3m").get_env_info()
+    rng = np.random.default_rng(0)
+    demos = make_demonstrations(rng.standard_normal((3, 16, 20, info["obs_shape"])), rng.integers(5, 21, (3, 16)),
+                                map_name="3m", n_actions=info["n_actions"], episode_limit=info["episode_limit"])
+    return save_demonstrations(str(path), demos)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The uninterrupted tiny runs on 3m (checkpoints every 300 env steps) that the end-to-end tests read
-    and resume: IPPO, IPPO with use_value_norm and QMIX. Each has its own working directory; they are
-    started together (each process is mostly single-threaded start-up), each test waits for its own."""
-    runs = {"ippo": BackgroundRun(tmp_path_factory.mktemp("ippo"), "ippo"),
-            "ippo_value_norm": BackgroundRun(tmp_path_factory.mktemp("ippo_value_norm"), "ippo", "use_value_norm=True"),
+    and resume: IPPO (with use_value_norm, so the normaliser is covered), DM² (ippo_gail) and QMIX. Each has
+    its own working directory; they are started together (each process is mostly single-threaded
+    start-up), each test waits for its own."""
+    gail_dir = tmp_path_factory.mktemp("ippo_gail")
+    demos = random_demonstrations_3m(gail_dir / "demos.npz")
+    runs = {"ippo": BackgroundRun(tmp_path_factory.mktemp("ippo"), "ippo", "use_value_norm=True"),
+            "ippo_gail": BackgroundRun(gail_dir, "ippo_gail", f"gail_data_path={demos}", "gail_epochs=3",
+                                       "gail_batch_size=4"),
             "qmix": BackgroundRun(tmp_path_factory.mktemp("qmix"), "qmix", *QMIX_ARGS)}
     yield runs
     for run in runs.values():
@@ -240,6 +255,8 @@ MUST_COMPARE = {
              "learner.actor_optim.state.*.step", "learner.critic_optim.state.*.exp_avg_sq",
              "learner.critic_optim.state.*.step"],
     "value_norm": ["learner.value_norm.mean", "learner.value_norm.var", "learner.value_norm.count"],
+    "gail": ["learner.gail.net.*", "learner.gail.optim.state.*.exp_avg", "learner.gail.optim.state.*.exp_avg_sq",
+             "learner.gail.generators.*"],
     "qmix": ["learner.target_mac.*", "learner.mixer.*", "learner.target_mixer.*",
              "learner.optim.state.*.square_avg", "learner.optim.state.*.step", "learner.buffer.storage.obs",
              "learner.buffer.storage.actions", "learner.buffer.next_slot", "learner.buffer.generator"],
@@ -283,7 +300,7 @@ def assert_resume_is_exact(cwd, models, alg="ippo", *with_args, must_compare=())
         assert os.path.samefile(cwd / a["sacred_run_dir"], original_run)
         assert os.path.samefile(cwd / b["sacred_run_dir"], resumed_run)
         assert (a["config"]["checkpoint_path"], b["config"]["checkpoint_path"]) == ("", str(models))
-    missing = [p for p in MUST_COMPARE["common"] + MUST_COMPARE[alg] + list(must_compare) if not _reached(p, compared)]
+    missing = [p for p in MUST_COMPARE["common"] + MUST_COMPARE.get(alg, []) + list(must_compare) if not _reached(p, compared)]
     assert not missing, f"the comparison never reached {missing}"
     # and the state did move on after the checkpoint: the comparison is not between two copies of it
     first, final = load_checkpoint(models / str(mid) / CHECKPOINT_FILE), a
@@ -295,15 +312,20 @@ def assert_resume_is_exact(cwd, models, alg="ippo", *with_args, must_compare=())
         assert (a[key]["steps"], a[key]["values"]) == (b[key]["steps"], b[key]["values"]), key
 
 
-def test_resume_is_exact_and_overwrites_nothing(original):
-    cwd, _, models = original
-    assert_resume_is_exact(cwd, models)
-
-
-def test_ippo_resume_with_value_norm_is_exact(uninterrupted):
-    """The value normaliser's running statistics are restored too."""
-    run = uninterrupted["ippo_value_norm"]
+def test_resume_is_exact_and_overwrites_nothing(uninterrupted):
+    """IPPO, with the value normaliser's running statistics."""
+    run = uninterrupted["ippo"]
     assert_resume_is_exact(run.cwd, run.models(), "ippo", *run.with_args, must_compare=MUST_COMPARE["value_norm"])
+
+
+def test_ippo_gail_resume_is_exact(uninterrupted):
+    """DM² adds the discriminators, their optimiser and their random generators."""
+    run = uninterrupted["ippo_gail"]
+    models = run.models()
+    metrics = read_json(sacred_run_dir(run.cwd, "ippo_gail", models.name) / "metrics.json")
+    assert metrics["gail_disc_loss"]["steps"] and metrics["gail_reward_mean"]["steps"]
+    assert_resume_is_exact(run.cwd, models, "ippo_gail", *run.with_args,
+                           must_compare=MUST_COMPARE["ippo"] + MUST_COMPARE["gail"])
 
 
 def test_qmix_resume_is_exact(uninterrupted):
@@ -329,7 +351,7 @@ def test_evaluate_with_replays(original):
     n_model_dirs = len(os.listdir(cwd / "results" / "models"))
     sacred_runs = set(original_run.parent.iterdir())
     proc = run_cli(cwd, f"checkpoint_path={models}", "evaluate=True", "save_replay=True", "replay_nepisode=2",
-                   "use_cuda=True")
+                   "use_cuda=True", "use_value_norm=True")  # the run's model settings
     if not torch.cuda.is_available():
         assert "running on the CPU" in proc.stdout
     (run_dir,) = set(original_run.parent.iterdir()) - sacred_runs  # the evaluation's own Sacred run

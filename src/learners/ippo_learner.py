@@ -348,7 +348,8 @@ class IPPOLearner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        parts = ("mac", "critic", "actor_optim", "critic_optim") + (("value_norm",) if self.value_norm is not None else ())
+        parts = ("mac", "critic", "actor_optim", "critic_optim")
+        parts += ("value_norm",) if self.value_norm is not None else ()
         check_state_keys(state, set(parts), "IPPO learner",
                          "was it saved with a different learner or use_value_norm setting?")
         for name in parts:
