@@ -3,15 +3,18 @@
     python src/plot.py                                   # test win rate, every map and method
     python src/plot.py --metric test_return_mean --maps 3m 5m_vs_6m --algs ippo ippo_gail --format pdf
 
-Writes one figure per map (one curve per method) to ``--out`` and prints each method's final value.
-Runs that failed or never logged the metric are skipped with a warning.
+Averages training seeds, not run directories: ``evaluate=True`` runs are left out, a resumed run is joined
+to the run it continues, unfinished seeds are left out (``--include-unfinished`` keeps them, marked) and
+duplicate runs of a seed count once. It prints a line per run (used, or skipped and why), then each
+method's final value over how many seeds, and writes one figure per map (one curve per method) to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from utils.plotting import PlotError, aggregate, find_runs, plot_curves, summary_table
+from utils.plotting import PlotError, aggregate, find_runs, nothing_to_plot, plot_curves, run_report, \
+    select_seeds, summary_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,20 +32,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--points", type=int, default=200,
                         help="points of the common t_env grid each seed is interpolated onto "
                              "(default: %(default)s)")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="also average seeds whose last run is RUNNING, FAILED, INTERRUPTED or short of "
+                             "t_max (marked * in the table; each one is warned about)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        runs, skipped = find_runs(args.results, args.metric, maps=args.maps, algs=args.algs)
-        for reason in skipped:
-            print(f"warning: skipped {reason}", file=sys.stderr)
-        for flag, wanted, found in (("--maps", args.maps, {r.map_name for r in runs}),
-                                    ("--algs", args.algs, {r.alg for r in runs})):
+        runs = find_runs(args.results, args.metric, maps=args.maps, algs=args.algs)
+        selection = select_seeds(runs, args.metric, include_unfinished=args.include_unfinished)
+        print(run_report(selection, args.results, args.metric))
+        print()
+        for warning in selection.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if not selection.seeds:
+            raise PlotError(nothing_to_plot(runs, args.metric, args.results))
+        for flag, wanted, found in (("--maps", args.maps, {s.map_name for s in selection.seeds}),
+                                    ("--algs", args.algs, {s.alg for s in selection.seeds})):
             for name in sorted(set(wanted or ()) - found):
-                print(f"warning: {flag} {name}: no run with metric {args.metric!r}", file=sys.stderr)
-        curves = aggregate(runs, n_points=args.points)
+                print(f"warning: {flag} {name}: no seed with metric {args.metric!r}", file=sys.stderr)
+        curves = aggregate(selection.seeds, n_points=args.points)
         paths = plot_curves(curves, args.metric, args.out, args.format)
     except PlotError as err:
         print(f"error: {err}", file=sys.stderr)

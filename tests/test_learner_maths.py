@@ -292,8 +292,9 @@ def _qmix_with_known_q(double_q: bool):
     batch = EpisodeBatch.zeros(B, T, ENV_INFO)
     batch.state[:, :, 0] = STATE0
     batch.avail_actions[:] = True
-    # at t = 1 of episode 0 action 2 (the online network's favourite) is unavailable to both agents
+    # at t = 1 of episode 0 actions 2 and 0 (the online and the target network's favourites) are unavailable
     batch.avail_actions[0, 1, :, 2] = False
+    batch.avail_actions[0, 1, :, 0] = False
     batch.actions[0] = torch.tensor([[0, 1], [1, 0], [2, 2], [0, 0]])
     batch.actions[1] = torch.tensor([[1, 1], [0, 2], [2, 0], [0, 0]])
     batch.reward.copy_(torch.tensor([[1.0, 0.0, 2.0, 1.0], [2.0, 1.0, 3.0, 0.0]]))
@@ -311,28 +312,28 @@ def test_qmix_targets_and_td_loss_by_hand(double_q):
     learner, batch, q_online = _qmix_with_known_q(double_q)
     # Bootstrap action at t+1: double Q takes the online network's best *available* action (2, or 1 where
     # 2 is unavailable), valued by the target network; plain Q takes the target network's best available
-    # action (0 everywhere). Q_tot of the target mixer = 2 · Σ_i Q_target_i + state_{t+1}[0].
+    # action (0, or 1 where 0 is unavailable). Q_tot of the target mixer = 2 · Σ_i Q_target_i + state_{t+1}[0].
     targets, q_tot = {}, {}
     for b in range(B):
         length = int(MASK[:, b].sum())
         for t in range(length):
             chosen = _chosen(Q_ONLINE, b, t, batch.actions[b, t].tolist())
             q_tot[(t, b)] = sum(chosen) + STATE0[b, t].item()
-            if double_q:
-                best = 1 if (b, t + 1) == (0, 1) else 2
+            if (b, t + 1) == (0, 1):
+                best = 1
             else:
-                best = 0
+                best = 2 if double_q else 0
             next_q = _chosen(Q_TARGET, b, t + 1, [best] * N_AGENTS)
             bootstrap = 2.0 * sum(next_q) + STATE0[b, t + 1].item()
             terminal = bool(TERMINATED[t, b])
             targets[(t, b)] = batch.reward[b, t].item() + (0.0 if terminal else 0.5 * bootstrap)
-    # Spot checks of the hand derivation, double Q, episode 0, t = 0: online at t = 1 picks action 1
-    # (2 unavailable); target Q of action 1 at t = 1 is 20 + 1 = 21 (agent 0) and 23 (agent 1);
-    # Q_tot' = 2 · 44 + state 2 = 90; y = 1 + 0.5 · 90 = 46.
-    if double_q:
-        assert targets[(0, 0)] == pytest.approx(46.0)
-    else:  # the target's best is action 0: 30 + 1 and 32 + 1 -> Q_tot' = 2 · 64 + 2 = 130; y = 66
-        assert targets[(0, 0)] == pytest.approx(66.0)
+    # Spot checks of the hand derivation, episode 0. t = 0: at t = 1 only action 1 is left to either rule;
+    # its target Q is 20 + 1 = 21 (agent 0) and 23 (agent 1); Q_tot' = 2 · 44 + state 2 = 90; y = 1 + 0.5 · 90.
+    assert targets[(0, 0)] == pytest.approx(46.0)
+    if double_q:  # t = 1: online picks action 2 at t = 2, target values it 10 + 2 and 12 + 2 -> 2 · 26 + 3
+        assert targets[(1, 0)] == pytest.approx(0.0 + 0.5 * 55.0)
+    else:         # t = 1: the target's own best, action 0: 30 + 2 and 32 + 2 -> 2 · 66 + 3
+        assert targets[(1, 0)] == pytest.approx(0.0 + 0.5 * 135.0)
     assert targets[(2, 1)] == 3.0  # terminal: the reward only
     td = {key: q_tot[key] - y for key, y in targets.items()}
     stats = learner._update(batch)
