@@ -12,7 +12,11 @@ The loop is ``run.py``'s: collect ``batch_size_run`` episodes -> ``learner.train
 ``test_interval`` env steps run ``test_nepisode`` greedy episodes. The first iteration (JIT compilation,
 allocation) is excluded from the timing.
 
+QMIX runs with its configuration's ``torch_threads`` (1); ``--qmix-threads N`` overrides it, to re-measure
+whether its update (one 32-episode batch per collected episode) gains from more threads on a given machine.
+
     python bench/bench_training.py [--algs ippo ippo_gail qmix] [--map 5m_vs_6m] [--steps 200000] [--demos F]
+                                   [--qmix-threads N]
 """
 from __future__ import annotations
 
@@ -96,8 +100,11 @@ def main() -> None:
     parser.add_argument("--map", default="5m_vs_6m")
     parser.add_argument("--steps", type=int, default=200_000, help="timed env steps per algorithm")
     parser.add_argument("--demos", default="", help="demonstrations for ippo_gail (default: recorded first)")
+    parser.add_argument("--qmix-threads", type=int, default=None, help="torch threads for qmix (default: its config's)")
     args = parser.parse_args()
     extra = {alg: {} for alg in args.algs}
+    if "qmix" in args.algs and args.qmix_threads is not None:
+        extra["qmix"]["torch_threads"] = args.qmix_threads
     if "ippo_gail" in args.algs:
         extra["ippo_gail"]["gail_data_path"] = args.demos or untrained_demonstrations(args.map)
     print(f"end-to-end training throughput on {args.map}, {os.cpu_count()} CPU cores, torch {torch.__version__}")

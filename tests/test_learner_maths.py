@@ -284,10 +284,9 @@ class _SumMixer(torch.nn.Module):
 
 
 def _qmix_with_known_q(double_q: bool):
-    _, _, mac, learner, _ = build("qmix", gamma=0.5, double_q=double_q)
+    _, _, _, learner, _ = build("qmix", gamma=0.5, double_q=double_q)
     q_online = torch.nn.Parameter(Q_ONLINE.clone())
-    mac.forward = lambda inputs, h0: (q_online, None)
-    learner.target_mac.forward = lambda inputs, h0: (Q_TARGET.clone(), None)
+    learner.agent_q_values = lambda batch: (q_online, Q_TARGET.clone())
     learner.mixer, learner.target_mixer = _SumMixer(1.0), _SumMixer(2.0)
     batch = EpisodeBatch.zeros(B, T, ENV_INFO)
     batch.state[:, :, 0] = STATE0

@@ -196,7 +196,9 @@ def test_agent_and_critic_registry_networks():
     cfg = make_cfg("ippo")
     v, _ = critics.REGISTRY["ln_rnn"](3, 10, cfg)(torch.randn(3, 4, 2, 10), torch.zeros(3, 2, cfg.hidden_dim))
     assert v.shape == (3, 4, 2)
-    assert discriminators.REGISTRY == {}
+    cfg = make_cfg("ippo_gail")
+    logits = discriminators.REGISTRY["mlp"](3, 10, cfg)(torch.randn(3, 7, 10))
+    assert logits.shape == (3, 7)
 
 
 def test_qmix_mixer_is_monotonic_in_every_agent_q():

@@ -15,6 +15,11 @@ runner, whatever ``batch_size_run`` is. Each update samples ``batch_size`` episo
   over agents + mixer, global gradient-norm clipping at ``grad_norm_clip``.
 
 The target networks are copied from the online ones every ``target_update_interval`` episodes.
+
+Computed as PyMARL computes it, up to float rounding, but without its padding: the agent networks run on
+the sampled episodes packed by length (a batch is padded to its longest episode, typically twice the
+mean length on 5m_vs_6m), the online and target agents in one pass with a hand-written backward
+(:meth:`RNNAgent.packed_q_with_target`), and the mixers on the real transitions only.
 """
 from __future__ import annotations
 
@@ -40,6 +45,9 @@ class QMIXLearner:
         if not isinstance(mac.selector, EpsilonGreedySelector):
             raise ValueError(f"QMIX acts epsilon-greedily on its Q-values: set action_selector=epsilon_greedy "
                              f"(got {cfg.action_selector!r})")
+        if not hasattr(mac.agent, "packed_q_with_target"):
+            raise ValueError(f"QMIX's update runs the online and target agents in one packed pass, which the "
+                             f"{cfg.agent!r} agent does not provide: set agent=rnn")
         self.mac, self.cfg, self.device = mac, cfg, device
         self.target_mac = copy.deepcopy(mac)
         self.mixer = lookup(mixers.REGISTRY, cfg.mixer, "mixer")(env_info["n_agents"], env_info["state_shape"], cfg)
@@ -72,32 +80,73 @@ class QMIXLearner:
         self.target_mac.load_state(self.mac)
         self.target_mixer.load_state_dict(self.mixer.state_dict())
 
+    def agent_q_values(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The online and the target agent networks' Q-values at every observation position of ``batch``:
+        ``(q, target_q)``, both ``[N, T+1, B, A]``; ``q`` is differentiable in the online agents'
+        parameters. Positions after an episode's final observation (``t > len_b``) are padding, never
+        computed (zero here).
+
+        One pass (:meth:`RNNAgent.packed_q_with_target`) runs both networks on the episodes packed by
+        length, so no step is spent on padding (an episode of 5m_vs_6m lasts about 30 steps, a sampled
+        batch is padded to its longest, often the 70-step limit).
+        """
+        n, t_len, b = self.mac.n_agents, batch.max_t, batch.batch_size
+        n_pos = batch.episode_lengths() + 1                        # observation positions per episode
+        order = torch.argsort(n_pos, descending=True, stable=True)
+        live = torch.arange(t_len + 1, device=n_pos.device).unsqueeze(1) < n_pos[order]   # [T+1, B] sorted
+        t_idx, rank = live.nonzero(as_tuple=True)                  # packed rows: time-major, longest first
+        b_idx = order[rank]
+        batch_sizes = live.sum(1).tolist()
+        none = torch.full_like(t_idx, self.mac.n_actions).unsqueeze(-1)   # no last action at t = 0
+        last_actions = torch.where(t_idx.unsqueeze(-1) > 0, batch.actions[b_idx, (t_idx - 1).clamp(min=0)], none)
+        x = self.mac.build_inputs(batch.obs[b_idx, t_idx].unsqueeze(0), last_actions.unsqueeze(0)).squeeze(2)
+        h0 = self.mac.init_hidden(b)[:, order]                     # [N, B, H]
+        if self.mac.shared:  # one network: (episode, agent) pairs are the sequences, agents innermost
+            q, target_q = self.mac.agent.packed_q_with_target(
+                self.target_mac.agent, x.transpose(0, 1).reshape(1, -1, x.shape[-1]),
+                h0.transpose(0, 1).reshape(1, b * n, -1), [m * n for m in batch_sizes])
+            q, target_q = (y.view(-1, n, y.shape[-1]).transpose(0, 1) for y in (q, target_q))
+        else:
+            q, target_q = self.mac.agent.packed_q_with_target(self.target_mac.agent, x, h0, batch_sizes)
+        rows = t_idx * b + b_idx                                   # packed row -> flat (t, b)
+        dense = q.new_zeros(n, (t_len + 1) * b, q.shape[-1])
+        return tuple(dense.index_copy(1, rows, y).view(n, t_len + 1, b, -1) for y in (q, target_q))
+
     def _update(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One gradient step on ``batch``. The mixers and targets run on the real transitions only
+        (``R'`` of the ``T·B`` slots); returns the logged statistics."""
         cfg = self.cfg
         t_len, b = batch.max_t, batch.batch_size
-        inputs = self.mac.sequence_inputs(batch)                   # [N, T+1, B, in]
-        h0 = self.mac.init_hidden(b)
-        q, _ = self.mac.forward(inputs, h0)                        # [N, T+1, B, A]
+        q, target_q = self.agent_q_values(batch)                   # [N, T+1, B, A]
         actions = batch.actions.permute(2, 1, 0).unsqueeze(-1)     # [N, T, B, 1]
         chosen_q = q[:, :t_len].gather(-1, actions).squeeze(-1)    # [N, T, B]
         next_avail = batch.avail_actions[:, 1:].permute(2, 1, 0, 3)
         with torch.no_grad():
-            target_q, _ = self.target_mac.forward(inputs, h0)
             target_next = target_q[:, 1:]
             if cfg.double_q:
                 best = q.detach()[:, 1:].masked_fill(~next_avail, MASKED_LOGIT).argmax(-1, keepdim=True)
                 target_next_q = target_next.gather(-1, best).squeeze(-1)
             else:
                 target_next_q = target_next.masked_fill(~next_avail, MASKED_LOGIT).max(-1).values
-        states = batch.state.transpose(0, 1)                       # [T+1, B, S]
-        q_tot = self.mixer(chosen_q.permute(1, 2, 0), states[:t_len])   # [T, B]
-        mask = batch.filled.t()
+        mask = batch.filled.t()                                    # [T, B]
+        real = mask.flatten().nonzero().squeeze(1)                 # flat t·B + b of the R' real transitions
+        states = batch.state.transpose(0, 1).reshape((t_len + 1) * b, -1)  # [(T+1)·B, S]
+
+        def real_rows(y: torch.Tensor) -> torch.Tensor:            # [N, T, B] -> [R', N]
+            return y.permute(1, 2, 0).reshape(t_len * b, -1)[real]
+
+        q_tot = self.mixer(real_rows(chosen_q), states[real])      # [R']
         with torch.no_grad():
-            target_next_tot = self.target_mixer(target_next_q.permute(1, 2, 0), states[1:])
-            targets = lambda_returns(batch.reward.t(), target_next_tot, batch.terminated.t(), mask,
-                                     cfg.gamma, cfg.td_lambda)
-        td = (q_tot - targets) * mask
-        n_valid = mask.sum()
+            next_tot = self.target_mixer(real_rows(target_next_q), states[real + b])   # the states at t + 1
+            if cfg.td_lambda == 0.0:  # lambda_returns' one-step case, on the real transitions only
+                not_term = 1.0 - batch.terminated.t().flatten()[real]
+                targets = batch.reward.t().flatten()[real] + cfg.gamma * not_term * next_tot
+            else:
+                next_tot_all = next_tot.new_zeros(t_len * b).index_copy(0, real, next_tot).view(t_len, b)
+                targets = lambda_returns(batch.reward.t(), next_tot_all, batch.terminated.t(), mask,
+                                         cfg.gamma, cfg.td_lambda).flatten()[real]
+        td = q_tot - targets
+        n_valid = real.numel()
         loss = td.pow(2).sum() / n_valid
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -107,7 +156,7 @@ class QMIXLearner:
         return {"loss": loss.item(), "grad_norm": grad_norm.item(),
                 "td_error_abs": (td.detach().abs().sum() / n_valid).item(),
                 "q_taken_mean": ((chosen_q.detach() * mask).sum() / n_q).item(),
-                "target_mean": ((targets * mask).sum() / n_valid).item()}
+                "target_mean": (targets.sum() / n_valid).item()}
 
     def state_dict(self) -> dict:
         return {"mac": self.mac.state_dict(), "target_mac": self.target_mac.state_dict(),
