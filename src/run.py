@@ -8,16 +8,30 @@ collect ``batch_size_run`` episodes (one per training environment) -> ``learner.
 env steps write a checkpoint. Resuming from a checkpoint restores every piece of that state (learner,
 environments' random streams, global RNGs, counters, pending statistics, logged history), so on the
 CPU the resumed run produces the same numbers as an uninterrupted one.
+
+A run has two phases. :func:`prepare_run` is its *set-up*: load the checkpoint, compile the simulator's
+kernels, build environments, controller and learner, restore the checkpoint's state. ``main.py`` runs it
+before Sacred starts, so a set-up error (a checkpoint that does not fit, demonstrations of another map, ...)
+is a plain ``dm2: error:`` that leaves no run record or folder behind (:meth:`PreparedRun.release` removes
+the directories it reserved). :func:`start_run` is the run itself, inside Sacred: training (or evaluation),
+whose errors Sacred records as FAILED with the traceback in cout.txt.
+
+SIGINT (Ctrl-C) and SIGTERM during training finish the current iteration (collection, update, test, log),
+write a checkpoint (with ``save_model=True``) and raise :class:`RunInterrupted`; Sacred marks the run
+INTERRUPTED. Resuming from that checkpoint continues exactly. A second signal stops at once.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 import random
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -27,7 +41,8 @@ import controllers
 import envs
 import learners
 import runners
-from config.loader import Config
+from components.demonstrations import DemonstrationError
+from config.loader import Config, ConfigError
 from envs.multiagentenv import BatchedMultiAgentEnv
 from utils.checkpoint import (CheckpointError, capture_rng_state, find_checkpoint, load_checkpoint,
                               restore_rng_state, save_checkpoint)
@@ -36,6 +51,39 @@ from utils.logging import Logger, StatAccumulator, episode_stat_means
 
 BACKEND_DESCRIPTIONS = {"sim": "the embedded simulator", "starcraft2": "real StarCraft II through SMAC"}
 ENV_INFO_KEYS = ("n_agents", "n_actions", "obs_shape", "state_shape")
+#: Set-up errors whose message says everything (no traceback): ``main.py`` prints them as ``dm2: error:``.
+SETUP_ERRORS = (ConfigError, CheckpointError, DemonstrationError)
+#: Say that the simulator's kernels are being compiled when preparing them takes longer than this (s): a
+#: compilation takes tens of seconds, loading them from the cache well under a second (a few on a busy machine).
+COMPILE_NOTICE_AFTER_S = 3.0
+#: One extra speed report this long (s) after the first iteration, when the next regular report is further
+#: away than that: the first report (after the first update) cannot measure the speed yet.
+EARLY_SPEED_REPORT_S = 10.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal. ``checkpoint`` is the checkpoint holding the state it stopped at (None
+    without ``save_model`` or when a second signal stopped it at once); ``exit_code`` is 128 + the signal
+    number, the shell's convention. A ``KeyboardInterrupt``, so Sacred records the run as INTERRUPTED."""
+
+    def __init__(self, signum: int, t_env: int | None, checkpoint: str | None, models_dir: str | None,
+                 at_once: bool = False):
+        super().__init__(signum, t_env, checkpoint)
+        self.signum, self.t_env, self.checkpoint, self.models_dir, self.at_once = (
+            signum, t_env, checkpoint, models_dir, at_once)
+        self.exit_code = 128 + int(signum)
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.at_once:
+            latest = f" The latest checkpoint, if any, is in {self.models_dir}." if self.models_dir else ""
+            return f"stopped at once by {name}, without a final checkpoint.{latest}"
+        where = f"stopped by {name} at t_env={self.t_env}, after finishing that iteration"
+        if self.checkpoint is None:
+            return f"{where}; no checkpoint was written (save_model=False). The run is recorded as INTERRUPTED."
+        return (f"{where}; checkpoint {self.checkpoint}. The run is recorded as INTERRUPTED. Continue it with: "
+                f"python src/main.py with checkpoint_path={self.models_dir}")
 
 
 @dataclass
@@ -135,6 +183,89 @@ def reserve_run_dirs(cfg: Config) -> tuple[str, dict[str, str]]:
                        f"{cfg.local_results_path}.")
 
 
+def _missing_dirs(cfg: Config) -> list[str]:
+    """The result directories that :func:`reserve_run_dirs` may create and that do not exist yet
+    (``<local_results_path>`` and its ``models`` / ``tb_logs`` / ``replays``), deepest first."""
+    root = os.path.abspath(cfg.local_results_path)
+    candidates = [os.path.join(root, kind) for kind in ("models", "tb_logs", "replays")]
+    path = root
+    while path and not os.path.exists(path):
+        candidates.append(path)
+        parent = os.path.dirname(path)
+        path = parent if parent != path else ""
+    return sorted((p for p in candidates if not os.path.exists(p)), key=len, reverse=True)
+
+
+def release_run_dirs(dirs: dict[str, str], missing_before: Iterable[str]) -> None:
+    """Remove a set-up's reserved (still empty) run directories and the parents it created."""
+    for path in [*dirs.values(), *missing_before]:
+        try:
+            os.rmdir(path)  # only empty directories: nothing a run wrote is ever removed
+        except OSError:
+            pass
+
+
+def demonstrations_checksum(path: str) -> str:
+    """The content checksum stored in a demonstrations file (``components/demonstrations.py``: SHA-256 of
+    its arrays and metadata), read without loading the arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return str(archive["checksum"][()])
+    except FileNotFoundError:
+        raise DemonstrationError(f"{path} does not exist.") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file fails in many ways
+        raise DemonstrationError(f"{path} is not a dm2 demonstrations file ({type(exc).__name__}: {exc}).") from None
+
+
+def warm_up_simulator(cfg: Config, console: logging.Logger) -> None:
+    """Compile, or load from Numba's on-disk cache, the embedded simulator's kernels this run's environments
+    will use, before they are built, and say so when it takes a while (the first run after installing or
+    changing ``src/envs/sim``: tens of seconds; afterwards well under a second, and silent). Kernels are
+    prepared by stepping throwaway environments, so the run's own environments and random streams are
+    untouched. Other backends: nothing to do."""
+    if cfg.env != "sc2" or cfg.env_args.get("backend") != "sim":
+        return
+    import numba.core.dispatcher
+
+    from envs.sim import engine, features
+    from envs.sim.batched_env import PARALLEL_FROM, BatchedStarCraft2Sim
+
+    kernels = [obj for module in (engine, features) for obj in vars(module).values()
+               if isinstance(obj, numba.core.dispatcher.Dispatcher)]
+
+    def compiled() -> int:
+        return sum(sum(kernel.stats.cache_misses.values()) for kernel in kernels)
+
+    done, announced = threading.Event(), threading.Event()
+
+    def announce() -> None:
+        if not done.wait(COMPILE_NOTICE_AFTER_S):
+            announced.set()
+            console.info("Compiling the embedded simulator's Numba kernels: once after installing or changing "
+                         "src/envs/sim, then cached in %s (about 30 s on 2 cores) ...",
+                         engine.step_envs_serial.stats.cache_path)
+
+    sizes = [cfg.test_nepisode] + ([] if cfg.evaluate else [cfg.batch_size_run])
+    start, before = time.perf_counter(), compiled()
+    notice = threading.Thread(target=announce, name="dm2-compile-notice", daemon=True)
+    notice.start()
+    try:
+        for n_envs in sorted({1 if n < PARALLEL_FROM else PARALLEL_FROM for n in sizes}):
+            env = BatchedStarCraft2Sim(map_name=cfg.env_args["map_name"], n_envs=n_envs, seed=0)
+            env.step(env.get_avail_actions().argmax(-1))  # the first available action of every agent
+            env.get_obs()
+            env.get_state()
+            env.close()
+    finally:
+        done.set()
+        notice.join()
+    elapsed = time.perf_counter() - start
+    if compiled() > before:
+        console.info("Compiled the simulator's kernels in %.1f s; later runs load them from the cache.", elapsed)
+    elif announced.is_set():
+        console.info("Loaded the simulator's kernels from the cache in %.1f s (nothing needed compiling).", elapsed)
+
+
 def build_envs(cfg: Config, replay_dir: str | None) -> tuple[BatchedMultiAgentEnv | None, BatchedMultiAgentEnv]:
     """The test env (``test_nepisode`` environments, a seed derived from ``cfg.seed``; with a
     ``replay_dir`` it records episodes for ``save_replay``) and, unless ``evaluate``, the training env
@@ -187,6 +318,8 @@ def _check_compatible(ckpt: dict, path: str, cfg: Config, parts: Components, res
 
 
 def _restore(ckpt: dict, path: str, cfg: Config, parts: Components, resume: bool) -> None:
+    """Load the checkpoint's learner (and, when resuming, its environments' states) into ``parts``. The
+    global random states are restored when the run starts (:func:`start_run`)."""
     _check_compatible(ckpt, path, cfg, parts, resume)
     try:
         parts.learner.load_state_dict(ckpt["learner"])
@@ -196,7 +329,6 @@ def _restore(ckpt: dict, path: str, cfg: Config, parts: Components, resume: bool
     if resume:
         parts.train_env.load_state_dict(ckpt["train_env"])
         parts.test_env.load_state_dict(ckpt["test_env"])
-        restore_rng_state(ckpt["rng"])
 
 
 def _sacred_run_dir(_run) -> str | None:
@@ -220,15 +352,75 @@ def _test(parts: Components, logger: Logger, t_env: int) -> dict[str, float]:
     return means
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While active (in the main thread), SIGTERM raises :class:`RunInterrupted` as Ctrl-C raises
+    ``KeyboardInterrupt``: clean-up code runs and Sacred records the run as INTERRUPTED, where by default the
+    process would die at once (leaving reserved directories, or a run record that says RUNNING for ever).
+    The training loop's own handling (:class:`_StopSignals`) takes precedence while it runs."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise RunInterrupted(signum, None, None, None, at_once=True)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+class _StopSignals:
+    """While active (in the main thread), SIGINT and SIGTERM only record that the run should stop: the
+    training loop stops after finishing its current iteration. A second signal raises
+    :class:`RunInterrupted` at once. A signal that the process ignores (SIGINT of a background job) stays
+    ignored; the previous handlers come back on exit."""
+
+    def __init__(self, console: logging.Logger, models_dir: str | None):
+        self.console, self.models_dir = console, models_dir
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is signal.SIG_IGN:
+                    continue
+                self._previous[sig] = signal.SIG_DFL if previous is None else previous
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise RunInterrupted(signum, None, None, self.models_dir, at_once=True)
+        self.signum = signum
+        if self.models_dir:
+            what = "then saving a checkpoint and stopping (send it again to stop at once, without a checkpoint)"
+        else:
+            what = "then stopping (save_model=False: no checkpoint; send it again to stop at once)"
+        self.console.warning("%s received: finishing the current iteration, %s.", signal.Signals(signum).name, what)
+
+
 class _Trainer:
     """The training loop and its checkpointing (state: ``LoopState`` + pending statistics)."""
 
     def __init__(self, cfg: Config, parts: Components, logger: Logger, state: LoopState, models_dir: str | None,
-                 sacred_dir: str | None):
+                 sacred_dir: str | None, extra_payload: dict[str, Any] | None = None):
         self.cfg, self.parts, self.logger, self.state = cfg, parts, logger, state
         self.models_dir, self.sacred_dir = models_dir, sacred_dir
+        self.extra_payload = dict(extra_payload or {})
         self.pending = StatAccumulator()
         self.last_test: dict[str, float] = {}
+        self.last_saved: str | None = None
 
     def payload(self) -> dict[str, Any]:
         p = self.parts
@@ -236,7 +428,7 @@ class _Trainer:
                 "learner": p.learner.state_dict(), "train_env": p.train_env.state_dict(),
                 "test_env": p.test_env.state_dict(), "rng": capture_rng_state(),
                 "pending_stats": self.pending.state_dict(), "log_history": list(self.logger.history),
-                "last_test": dict(self.last_test), "sacred_run_dir": self.sacred_dir}
+                "last_test": dict(self.last_test), "sacred_run_dir": self.sacred_dir, **self.extra_payload}
 
     def load(self, ckpt: dict) -> None:
         self.state = LoopState(**ckpt["loop"])
@@ -244,10 +436,16 @@ class _Trainer:
         self.last_test = dict(ckpt["last_test"])
         self.logger.replay_history(ckpt["log_history"])
 
-    def save(self) -> None:
-        self.state.last_save_t = self.state.t_env  # before the payload: a resumed run saves on the same schedule
+    def save(self, scheduled: bool = True) -> str:
+        """Write a checkpoint of the current state. A scheduled one moves the save schedule on (before the
+        payload, so a resumed run saves on the same schedule); an unscheduled one (on a stop signal) does
+        not, so a run resumed from it writes its checkpoints at the steps the uninterrupted run would."""
+        if scheduled:
+            self.state.last_save_t = self.state.t_env
         path = save_checkpoint(os.path.join(self.models_dir, str(self.state.t_env)), self.payload())
+        self.last_saved = path
         self.logger.console.info("Saved checkpoint %s", path)
+        return path
 
     def log_pending(self) -> None:
         s = self.state
@@ -255,53 +453,210 @@ class _Trainer:
             self.logger.log_stat(key, value, s.t_env)
         self.logger.log_stat("episode", s.episode, s.t_env)
 
-    def train(self) -> dict[str, Any]:
-        cfg, p, s = self.cfg, self.parts, self.state
-        console = self.logger.console
-        console.info("Beginning training for %d env steps (from t_env=%d)", cfg.t_max, s.t_env)
-        start_time, start_t = time.time(), s.t_env
-        last_print_time, last_print_t = start_time, s.t_env
-        while s.t_env < cfg.t_max:
-            batch, stats = p.train_runner.run(test_mode=False, t_env=s.t_env)
-            s.t_env += int(stats["env_steps"])
-            s.episode += len(stats["return"])
-            self.pending.add_episodes(stats)
-            self.pending.add_scalars(p.learner.train(batch, s.t_env, s.episode))
+    def stop(self, signum: int, run_info: dict) -> None:
+        """Stop between iterations on a signal: checkpoint the state as it is (unless this iteration already
+        did, or ``save_model`` is off), record it in the run's info and raise :class:`RunInterrupted`."""
+        cfg, s = self.cfg, self.state
+        checkpoint = None
+        if cfg.save_model:
+            already = self.last_saved is not None and os.path.basename(os.path.dirname(self.last_saved)) == str(s.t_env)
+            checkpoint = self.last_saved if already else self.save(scheduled=False)
+        run_info["interrupted"] = {"signal": signal.Signals(signum).name, "t_env": s.t_env, "episode": s.episode,
+                                   "checkpoint": checkpoint}
+        saved = f"; checkpoint {checkpoint}" if checkpoint else "; no checkpoint (save_model=False)"
+        self.logger.console.warning("Stopped at t_env=%d (episode %d) on %s%s.", s.t_env, s.episode,
+                                    signal.Signals(signum).name, saved)
+        raise RunInterrupted(signum, s.t_env, checkpoint, self.models_dir)
 
-            if s.t_env - s.last_test_t >= cfg.test_interval:
+    def train(self, run_info: dict | None = None) -> dict[str, Any]:
+        cfg, p, s = self.cfg, self.parts, self.state
+        run_info = {} if run_info is None else run_info
+        console = self.logger.console
+        if s.t_env == 0:
+            reports = f"a report after the first update, then every {cfg.log_interval} env steps"
+        else:
+            next_report = s.last_log_t + cfg.log_interval
+            reports = f"a report every {cfg.log_interval} env steps (the next at t_env {next_report})"
+        console.info("Beginning training for %d env steps (from t_env=%d): %s", cfg.t_max, s.t_env, reports)
+        start_time, start_t = time.time(), s.t_env
+        # Speeds and time left are measured from the end of the first iteration: the first one also pays for
+        # warm-up (allocations, torch's first calls), which would make every estimate of a long run wrong.
+        measured_from: tuple[float, int] | None = None
+        last_print: tuple[float, int] | None = None
+        early_report_done = False
+        with _StopSignals(console, self.models_dir if cfg.save_model else None) as stop_signals:
+            while s.t_env < cfg.t_max:
+                batch, stats = p.train_runner.run(test_mode=False, t_env=s.t_env)
+                s.t_env += int(stats["env_steps"])
+                s.episode += len(stats["return"])
+                self.pending.add_episodes(stats)
+                self.pending.add_scalars(p.learner.train(batch, s.t_env, s.episode))
+
+                if s.t_env - s.last_test_t >= cfg.test_interval:
+                    self.last_test = _test(p, self.logger, s.t_env)
+                    s.last_test_t = s.t_env
+                reported = False
+                if s.t_env - s.last_log_t >= cfg.log_interval:
+                    self.log_pending()
+                    s.last_log_t = s.t_env
+                    now = time.time()
+                    progress = f"t_env: {s.t_env:>10} / {cfg.t_max} | episode: {s.episode:>8}"
+                    if measured_from is None:
+                        self.logger.print_recent_stats(
+                            f"Recent stats | {progress} | first iteration took {_format_duration(now - start_time)} "
+                            "(includes warm-up; env steps/s and time left are measured from its end)")
+                    else:
+                        since_t, since_time = (last_print or measured_from)[1], (last_print or measured_from)[0]
+                        speed = (s.t_env - since_t) / max(now - since_time, 1e-9)
+                        self.logger.print_recent_stats(
+                            f"Recent stats | {progress} | {speed:,.0f} env steps/s | time passed: "
+                            f"{_format_duration(now - start_time)} | estimated time left: "
+                            f"{self._time_left(measured_from, now)}")
+                        last_print = (now, s.t_env)
+                    reported = True
+                if cfg.save_model and s.t_env - s.last_save_t >= cfg.save_model_interval:
+                    self.save()
+                now = time.time()
+                if measured_from is None:
+                    measured_from = (now, s.t_env)
+                elif not (reported or early_report_done) and now - measured_from[0] >= EARLY_SPEED_REPORT_S:
+                    early_report_done = True
+                    speed = (s.t_env - measured_from[1]) / max(now - measured_from[0], 1e-9)
+                    to_next_report = (s.last_log_t + cfg.log_interval - s.t_env) / max(speed, 1e-9)
+                    if to_next_report > EARLY_SPEED_REPORT_S and s.t_env < cfg.t_max:
+                        console.info("Speed | t_env: %d / %d | %s env steps/s | time passed: %s | estimated time "
+                                     "left: %s | next report at t_env %d", s.t_env, cfg.t_max, f"{speed:,.0f}",
+                                     _format_duration(now - start_time), self._time_left(measured_from, now),
+                                     s.last_log_t + cfg.log_interval)
+                if stop_signals.signum is not None and s.t_env < cfg.t_max:
+                    self.stop(stop_signals.signum, run_info)
+
+            if s.last_test_t != s.t_env:
                 self.last_test = _test(p, self.logger, s.t_env)
                 s.last_test_t = s.t_env
-            if s.t_env - s.last_log_t >= cfg.log_interval:
+            if not self.pending.empty():
                 self.log_pending()
                 s.last_log_t = s.t_env
-                now = time.time()
-                speed = (s.t_env - last_print_t) / max(now - last_print_time, 1e-9)
-                overall = (s.t_env - start_t) / max(now - start_time, 1e-9)
-                self.logger.print_recent_stats(
-                    f"Recent stats | t_env: {s.t_env:>10} / {cfg.t_max} | episode: {s.episode:>8} | "
-                    f"{speed:,.0f} env steps/s | time passed: {_format_duration(now - start_time)} | "
-                    f"estimated time left: {_format_duration((cfg.t_max - s.t_env) / max(overall, 1e-9))}")
-                last_print_time, last_print_t = now, s.t_env
-            if cfg.save_model and s.t_env - s.last_save_t >= cfg.save_model_interval:
+            if cfg.save_model and s.last_save_t != s.t_env:
                 self.save()
-
-        if s.last_test_t != s.t_env:
-            self.last_test = _test(p, self.logger, s.t_env)
-            s.last_test_t = s.t_env
-        if not self.pending.empty():
-            self.log_pending()
-            s.last_log_t = s.t_env
-        if cfg.save_model and s.last_save_t != s.t_env:
-            self.save()
         elapsed = time.time() - start_time
         self.logger.print_recent_stats(
             f"Finished training | t_env: {s.t_env} | episode: {s.episode} | "
             f"{(s.t_env - start_t) / max(elapsed, 1e-9):,.0f} env steps/s | time: {_format_duration(elapsed)}")
         return {"t_env": s.t_env, "episode": s.episode, **self.last_test}
 
+    def _time_left(self, measured_from: tuple[float, int], now: float) -> str:
+        rate = (self.state.t_env - measured_from[1]) / max(now - measured_from[0], 1e-9)
+        return _format_duration((self.cfg.t_max - self.state.t_env) / max(rate, 1e-9))
+
+
+@dataclass
+class PreparedRun:
+    """A run after its set-up (:func:`prepare_run`), ready for :func:`start_run`."""
+
+    cfg: Config
+    parts: Components
+    device: torch.device
+    token: str
+    dirs: dict[str, str]
+    missing_dirs: list[str]
+    rng_state: dict[str, Any]  # the global random state training (or evaluation) starts from
+    checkpoint: dict | None = None
+    checkpoint_path: str | None = None
+    extra_payload: dict[str, Any] = field(default_factory=dict)
+    started: bool = False
+
+    def release(self) -> None:
+        """Undo a set-up that will not run: close the environments, remove the reserved (empty) directories."""
+        self.parts.close()
+        release_run_dirs(self.dirs, self.missing_dirs)
+        self.checkpoint = None
+
+
+def prepare_run(cfg: Config, console: logging.Logger, *, checkpoint: dict | None = None,
+                checkpoint_path: str | None = None, command: dict[str, Any] | None = None) -> PreparedRun:
+    """A run's set-up: everything up to the first environment step. Loads ``cfg.checkpoint_path`` (unless
+    ``checkpoint`` / ``checkpoint_path`` pass it in, already loaded), seeds, compiles the simulator's kernels,
+    reserves the run directories, builds the environments and components and restores the checkpoint.
+
+    ``command`` (``{"config": <--config>, "env_config": <--env-config>}``) is recorded in checkpoints, so a
+    resume can take the algorithm from them. Any exception leaves nothing behind (environments closed,
+    reserved directories removed)."""
+    if checkpoint is None and cfg.checkpoint_path:
+        checkpoint_path = find_checkpoint(cfg.checkpoint_path, cfg.load_step)
+        checkpoint = load_checkpoint(checkpoint_path)
+    resume = checkpoint is not None and not cfg.evaluate
+    seed_everything(cfg.seed)
+    configure_cpu(cfg.torch_threads)
+    warm_up_simulator(cfg, console)
+    missing = _missing_dirs(cfg)
+    token, dirs = reserve_run_dirs(cfg)
+    train_env = test_env = parts = None
+    try:
+        replay_dir = (cfg.env_args["replay_dir"] or dirs["replays"]) if cfg.save_replay else None
+        train_env, test_env = build_envs(cfg, replay_dir)
+        backend = test_env.backend_name
+        n_train = 0 if train_env is None else train_env.n_envs
+        console.info("Environment backend: %s (%s) | env %s, map %s | %d training + %d test environments",
+                     backend, BACKEND_DESCRIPTIONS.get(backend, "custom backend"), cfg.env, map_label(cfg),
+                     n_train, test_env.n_envs)
+        device = select_device(cfg.use_cuda, console)
+        parts = build_components(cfg, train_env, test_env, device)
+        if checkpoint is not None:
+            _restore(checkpoint, checkpoint_path, cfg, parts, resume=resume)
+        extra = {"command": dict(command or {}), "data_checksums": {}}
+        if "gail_data_path" in cfg and cfg.gail_data_path:  # which demonstrations the run learns from
+            extra["data_checksums"]["gail_data_path"] = demonstrations_checksum(cfg.gail_data_path)
+        console.info("Run token %s | device %s | torch threads %d", token, device, torch.get_num_threads())
+        return PreparedRun(cfg=cfg, parts=parts, device=device, token=token, dirs=dirs, missing_dirs=missing,
+                           rng_state=checkpoint["rng"] if resume else capture_rng_state(), checkpoint=checkpoint,
+                           checkpoint_path=checkpoint_path, extra_payload=extra)
+    except BaseException:
+        if parts is not None:
+            parts.close()
+        else:
+            _close_envs(train_env, test_env)
+        release_run_dirs(dirs, missing)
+        raise
+
+
+def start_run(_run, prepared: PreparedRun, console: logging.Logger) -> dict[str, Any]:
+    """Train (or, with ``evaluate``, only evaluate) a prepared run; inside Sacred, ``_run`` receives the
+    metrics and ``info``. Returns the final test statistics with ``t_env`` and ``episode``."""
+    prepared.started = True
+    cfg, parts = prepared.cfg, prepared.parts
+    ckpt, ckpt_path = prepared.checkpoint, prepared.checkpoint_path
+    prepared.checkpoint = None
+    logger = None
+    try:
+        # Sacred seeds the global generators when its run starts; continue from the set-up's (or checkpoint's)
+        restore_rng_state(prepared.rng_state)
+        run_info: dict = _run.info if _run is not None else {}
+        run_info.update(env_backend=parts.test_env.backend_name, unique_token=prepared.token,
+                        env_info=parts.env_info)
+        logger = Logger(console, sacred_run=_run, tb_dir=prepared.dirs.get("tb_logs"))
+        if cfg.evaluate:
+            return _evaluate(cfg, parts, logger, ckpt, ckpt_path)
+        sacred_dir = _sacred_run_dir(_run)
+        trainer = _Trainer(cfg, parts, logger, LoopState.start(cfg), prepared.dirs.get("models"), sacred_dir,
+                           prepared.extra_payload)
+        if ckpt is not None:
+            trainer.load(ckpt)
+            console.info("Resumed from %s at t_env=%d (episode %d)", ckpt_path, trainer.state.t_env,
+                         trainer.state.episode)
+            run_info["resumed_from"] = {"checkpoint": ckpt_path, "t_env": trainer.state.t_env,
+                                        "sacred_run_dir": ckpt["sacred_run_dir"]}
+        del ckpt
+        return trainer.train(run_info)
+    finally:
+        if logger is not None:
+            logger.close()
+        parts.close()
+
 
 def run(_run, cfg: Config, console: logging.Logger) -> dict[str, Any]:
-    """Build the run described by ``cfg`` and train it (or only evaluate it with ``evaluate=True``).
+    """Set up and run ``cfg`` (:func:`prepare_run` then :func:`start_run`); the whole run in one call, for
+    callers outside ``main.py``.
 
     Args:
         _run: the Sacred ``Run`` (metrics and ``info`` go to it), or None outside Sacred.
@@ -311,47 +666,7 @@ def run(_run, cfg: Config, console: logging.Logger) -> dict[str, Any]:
     Returns:
         The final test statistics with ``t_env`` and ``episode`` (Sacred stores it as the run's result).
     """
-    ckpt_path = find_checkpoint(cfg.checkpoint_path, cfg.load_step) if cfg.checkpoint_path else None
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
-    seed_everything(cfg.seed)
-    configure_cpu(cfg.torch_threads)
-    token, dirs = reserve_run_dirs(cfg)
-    replay_dir = (cfg.env_args["replay_dir"] or dirs["replays"]) if cfg.save_replay else None
-
-    train_env, test_env = build_envs(cfg, replay_dir)
-    backend = test_env.backend_name
-    n_train = 0 if train_env is None else train_env.n_envs
-    console.info("Environment backend: %s (%s) | env %s, map %s | %d training + %d test environments",
-                 backend, BACKEND_DESCRIPTIONS.get(backend, "custom backend"), cfg.env, map_label(cfg), n_train,
-                 test_env.n_envs)
-    device = select_device(cfg.use_cuda, console)
-    try:
-        parts = build_components(cfg, train_env, test_env, device)
-    except BaseException:
-        _close_envs(train_env, test_env)
-        raise
-    console.info("Run token %s | device %s | torch threads %d", token, device, torch.get_num_threads())
-    sacred_dir = _sacred_run_dir(_run)
-    if _run is not None:
-        _run.info.update(env_backend=backend, unique_token=token, env_info=parts.env_info)
-    logger = Logger(console, sacred_run=_run, tb_dir=dirs.get("tb_logs"))
-    try:
-        if cfg.evaluate:
-            return _evaluate(cfg, parts, logger, ckpt, ckpt_path)
-        trainer = _Trainer(cfg, parts, logger, LoopState.start(cfg), dirs.get("models"), sacred_dir)
-        if ckpt is not None:
-            _restore(ckpt, ckpt_path, cfg, parts, resume=True)
-            trainer.load(ckpt)
-            console.info("Resumed from %s at t_env=%d (episode %d)", ckpt_path, trainer.state.t_env,
-                         trainer.state.episode)
-            if _run is not None:
-                _run.info["resumed_from"] = {"checkpoint": ckpt_path, "t_env": trainer.state.t_env,
-                                             "sacred_run_dir": ckpt["sacred_run_dir"]}
-        del ckpt
-        return trainer.train()
-    finally:
-        logger.close()
-        parts.close()
+    return start_run(_run, prepare_run(cfg, console), console)
 
 
 def _evaluate(cfg: Config, parts: Components, logger: Logger, ckpt: dict | None,
@@ -359,8 +674,7 @@ def _evaluate(cfg: Config, parts: Components, logger: Logger, ckpt: dict | None,
     """``evaluate=True``: ``test_nepisode`` greedy episodes with the checkpoint's agents (or untrained ones
     without ``checkpoint_path``), logged at the checkpoint's t_env; ``save_replay`` writes replays."""
     t_env = 0
-    if ckpt is not None:
-        _restore(ckpt, ckpt_path, cfg, parts, resume=False)
+    if ckpt is not None:  # its learner was loaded by prepare_run
         t_env = ckpt["loop"]["t_env"]
         logger.console.info("Evaluating checkpoint %s (t_env=%d)", ckpt_path, t_env)
     else:

@@ -3,6 +3,7 @@ import os
 import pickle
 import re
 import textwrap
+import time
 
 import pytest
 import yaml
@@ -79,6 +80,17 @@ def test_layering_order(config_dir):
     assert cfg.epochs == 5 and cfg.lr == pytest.approx(5e-4) and isinstance(cfg.lr, float)
     assert cfg.name == "alg"  # empty name -> the --config name
     assert "map_overrides" not in cfg
+
+
+def test_base_layer_comes_after_the_files_and_before_the_overrides(config_dir):
+    """A resumed run's saved config (``base``) replaces what the files and map_overrides set; the overrides win
+    over it; its map chooses the map_overrides; an unknown key in it is named with its label."""
+    base = {"marker": "saved", "from_map": "saved", "epochs": 7, "env_args": {"map_name": "big"}}
+    cfg = load_config("alg", "toy", {"epochs": 8}, config_dir=config_dir, check_components=False, base=base)
+    assert (cfg.marker, cfg.from_map, cfg.from_alg, cfg.epochs, cfg.env_args["size"]) == ("saved", "saved", "alg", 8, 9)
+    with pytest.raises(ConfigError, match=r"Unknown config key 'gone' in the checkpoint's config"):
+        load_config("alg", "toy", config_dir=config_dir, check_components=False, base={"gone": 1},
+                    base_label="the checkpoint's config")
 
 
 def test_map_overrides_follow_the_final_map(config_dir):
@@ -197,10 +209,11 @@ def test_declared_keys_have_comments():
 # --- the command line -------------------------------------------------------------------------------------
 
 def test_split_config_flags():
-    assert main.split_config_flags(["--config=ippo", "with", "a=1"]) == ("ippo", "sc2", ["with", "a=1"])
+    # no --env-config: None (sc2 for a new run; a resumed run takes the checkpoint's)
+    assert main.split_config_flags(["--config=ippo", "with", "a=1"]) == ("ippo", None, ["with", "a=1"])
     assert main.split_config_flags(["--env-config", "sc2", "--config", "qmix", "-u"]) == ("qmix", "sc2", ["-u"])
     sacred_args = ["-m", "localhost:27017:db", "with", "seed=1"]  # Sacred's own options are left untouched
-    assert main.split_config_flags(["--config=ippo", *sacred_args]) == ("ippo", "sc2", sacred_args)
+    assert main.split_config_flags(["--config=ippo", *sacred_args]) == ("ippo", None, sacred_args)
     with pytest.raises(ConfigError, match="--config given twice"):
         main.split_config_flags(["--config=ippo", "--config=qmix"])
     with pytest.raises(ConfigError, match="--config needs a value"):
@@ -218,7 +231,9 @@ def test_with_config_files_come_before_key_value_updates(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--config=ipo"], r"Unknown --config 'ipo'\. Did you mean 'ippo'"),
     (["--config=ippo", "--env-config=sc3"], r"Unknown --env-config 'sc3'"),
-    ([], r"--config=<alg> is required\. Available: .*ippo"),
+    ([], r"--config=<alg> is required \(or checkpoint_path=<models dir> to resume a run\)\. Available: .*ippo"),
+    (["--config=ippo", "-m", "local:host:27017"], r"-m 'local:host:27017' is not a MongoDB observer spec: expected "
+                                                  r"db_name, host:port or host:port:db_name"),
     (["--config=ippo", "with", "lrr=0.1"], r"Unknown config key 'lrr' in the command-line `with` updates\. Did you "
                                           r"mean 'lr'"),
     (["--config=ippo", "with", "batch_size_run=many"], r"'batch_size_run' .* must be an integer"),
@@ -240,3 +255,48 @@ def test_sacred_records_the_validated_values():
     assert main.canonical_sacred_args(args, updates, cfg) == [
         "-m", "db", "with", "t_max=2000000", f"env_args.backend={cfg.env_args['backend']!r}",
         "env_args.map_name='8m'"]
+
+
+def test_changeable_keys_are_documented_next_to_checkpoint_path():
+    """default.yaml's comment on checkpoint_path lists exactly the keys main.py lets a resume / an evaluation
+    change."""
+    text = open(os.path.join(CONFIG_DIR, "default.yaml")).read()
+    comment = text[text.index("\ncheckpoint_path:"):text.index("\nload_step:")]
+    entries, current = {}, None
+    for line in (line.split("#", 1)[1] for line in comment.splitlines() if "#" in line):
+        entry = re.match(r" {3}(\w+):(.*)", line)
+        if entry:
+            current = entry.group(1)
+            entries[current] = entry.group(2)
+        elif current and line.startswith(" " * 12):
+            entries[current] += line
+        else:
+            current = None
+    listed = {kind: [w for w in re.findall(r"[a-z_]+(?:\.[a-z_]+)?", re.sub(r"\(.*?\)", " ", entries[kind]))
+                     if w not in ("the", "resume", "keys", "plus")] for kind in ("resume", "evaluate")}
+    assert listed["resume"] == list(main.RESUME_CHANGEABLE[2:])  # checkpoint_path and load_step go without saying
+    assert listed["evaluate"] == list(main.EVALUATE_CHANGEABLE[len(main.RESUME_CHANGEABLE):])
+    assert "gail_data_path" in comment and main.DATA_KEYS == ("gail_data_path",)
+
+
+def test_mongo_spec_parsing():
+    assert main.parse_mongo_spec("localhost:27017:dm2") == {"url": "localhost:27017", "db_name": "dm2"}
+    assert main.parse_mongo_spec("db.example.org:27018") == {"url": "db.example.org:27018"}
+    assert main.parse_mongo_spec("dm2") == {"db_name": "dm2"}
+    assert main.parse_mongo_spec("dm2.runs!5") == {"db_name": "dm2", "collection": "runs", "priority": 5}
+    for bad in ("localhost:dm2:27017", "mongodb://localhost", ""):
+        with pytest.raises(ConfigError, match="is not a MongoDB observer spec"):
+            main.parse_mongo_spec(bad)
+
+
+def test_unreachable_mongodb_is_a_clear_error_within_seconds(tmp_path, monkeypatch):
+    """No MongoDB server here: the run stops before anything starts, within the few seconds of the check,
+    naming the address and what to check (Sacred's own observer hangs for a minute, then two tracebacks)."""
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"-m localhost:27017:dm2: no MongoDB server answered at localhost:27017 "
+                                          r"within 3 s \(.*\)\. Check the host and port, that mongod is running "
+                                          r"there"):
+        main.main(["main.py", "--config=ippo", "-m", "localhost:27017:dm2", "with", "t_max=1000"])
+    assert time.monotonic() - start < 10
+    assert os.listdir(tmp_path) == []

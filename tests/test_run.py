@@ -108,10 +108,12 @@ def cli_args(alg, *with_args, command=()):
     return [sys.executable, MAIN, f"--config={alg}", *command, "with", *TINY, *with_args]
 
 
-def run_cli(cwd, *with_args, alg="ippo", command=()):
-    proc = subprocess.run(cli_args(alg, *with_args, command=command), cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def run_cli(cwd, *with_args, alg="ippo", command=(), bare=False, returncode=0):
+    """Run ``src/main.py`` in ``cwd``: ``--config=<alg> with TINY <with_args>``, or with ``bare`` only
+    ``with <with_args>`` (as a user resuming from a checkpoint types it)."""
+    args = [sys.executable, MAIN, "with", *with_args] if bare else cli_args(alg, *with_args, command=command)
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -128,9 +130,10 @@ class BackgroundRun:
     def models(self):
         if self.output is None:
             self.output = self.proc.communicate(timeout=600)
-        assert self.proc.returncode == 0, self.output[0][-3000:] + self.output[1][-3000:]
-        (token,) = os.listdir(self.cwd / "results" / "models")
-        return self.cwd / "results" / "models" / token
+            assert self.proc.returncode == 0, self.output[0][-3000:] + self.output[1][-3000:]
+            (token,) = os.listdir(self.cwd / "results" / "models")
+            self._models = self.cwd / "results" / "models" / token
+        return self._models
 
 
 def read_json(path):
@@ -156,10 +159,10 @@ def file_bytes(directory):
 QMIX_ARGS = ("batch_size=4", "buffer_size=64")
 
 
-def random_demonstrations_3m(path) -> str:
+def random_demonstrations_3m(path, seed=0) -> str:
     """A small demonstrations file for 3m (random observations): enough to train ``ippo_gail``."""
     info = sim.StarCraft2Env(map_name="3m").get_env_info()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     demos = make_demonstrations(rng.standard_normal((3, 16, 20, info["obs_shape"])), rng.integers(5, 21, (3, 16)),
                                 map_name="3m", n_actions=info["n_actions"], episode_limit=info["episode_limit"])
     return save_demonstrations(str(path), demos)
@@ -204,8 +207,11 @@ def test_sacred_run_directory(original):
                 "test_dead_enemies_mean", "return_mean", "battle_won_mean", "episode"):
         assert metrics[key]["steps"], key
     assert metrics["test_return_mean"]["steps"][0] > 0  # tested after the first batch
-    run_lines = [line for line in (run_dir / "cout.txt").read_text().splitlines() if "dm2.dm2_run" in line]
-    assert "Environment backend: sim (the embedded simulator)" in run_lines[0]
+    cout = (run_dir / "cout.txt").read_text().splitlines()
+    # the set-up's lines (printed before Sacred started) open cout.txt, before Sacred's own
+    started = next(i for i, line in enumerate(cout) if "Started run with ID" in line)
+    assert any("Environment backend: sim (the embedded simulator)" in line for line in cout[:started])
+    assert any("Finished training" in line for line in cout[started:])
     steps = sorted(int(s) for s in os.listdir(models))
     assert len(steps) >= 2 and steps[-1] == metrics["episode"]["steps"][-1]
     assert all(os.listdir(models / str(s)) == [CHECKPOINT_FILE] for s in steps)
@@ -268,9 +274,11 @@ def _reached(pattern, compared):
     return any(len(p) == len(keys) and all(k in ("*", str(x)) for k, x in zip(keys, p)) for p in compared)
 
 
-def assert_resume_is_exact(cwd, models, alg="ippo", *with_args, must_compare=()):
-    """Resume ``models``' run (in ``cwd``) from its first checkpoint: every checkpoint the resumed run writes
-    equals the uninterrupted run's checkpoint of the same step in every piece of state, its Sacred metrics
+def assert_resume_is_exact(cwd, models, alg="ippo", *, must_compare=()):
+    """Resume ``models``' run (in ``cwd``) from its first checkpoint with nothing but ``checkpoint_path`` and
+    ``load_step`` on the command line (no --config, no settings: they come from the checkpoint): every
+    checkpoint the resumed run writes equals the uninterrupted run's checkpoint of the same step in every
+    piece of state (its config included: seed, t_max, save_model, every learner key), its Sacred metrics
     equal the original's number for number (the replayed history up to the checkpoint and everything
     computed after it), and nothing of the original run is touched. The runs are found by what they
     record (models tokens, ``info.json``), so this works whatever other runs share ``cwd``."""
@@ -279,7 +287,8 @@ def assert_resume_is_exact(cwd, models, alg="ippo", *with_args, must_compare=())
     tokens = set(os.listdir(models.parent))
     steps = sorted(int(s) for s in os.listdir(models))
     mid = steps[0]
-    run_cli(cwd, f"checkpoint_path={models}", f"load_step={mid}", *with_args, alg=alg)
+    proc = run_cli(cwd, f"checkpoint_path={models}", f"load_step={mid}", bare=True)
+    assert f"with the run's own config: --config={alg}, map 3m, seed 1, t_max 600." in proc.stdout
     assert {"sacred": file_bytes(original_run), "models": file_bytes(models)} == untouched
 
     (new_token,) = set(os.listdir(models.parent)) - tokens  # the resumed run writes under its own token
@@ -300,7 +309,8 @@ def assert_resume_is_exact(cwd, models, alg="ippo", *with_args, must_compare=())
         assert os.path.samefile(cwd / a["sacred_run_dir"], original_run)
         assert os.path.samefile(cwd / b["sacred_run_dir"], resumed_run)
         assert (a["config"]["checkpoint_path"], b["config"]["checkpoint_path"]) == ("", str(models))
-    missing = [p for p in MUST_COMPARE["common"] + MUST_COMPARE.get(alg, []) + list(must_compare) if not _reached(p, compared)]
+    missing = [p for p in MUST_COMPARE["common"] + MUST_COMPARE.get(alg, []) + list(must_compare)
+               if not _reached(p, compared)]
     assert not missing, f"the comparison never reached {missing}"
     # and the state did move on after the checkpoint: the comparison is not between two copies of it
     first, final = load_checkpoint(models / str(mid) / CHECKPOINT_FILE), a
@@ -315,7 +325,7 @@ def assert_resume_is_exact(cwd, models, alg="ippo", *with_args, must_compare=())
 def test_resume_is_exact_and_overwrites_nothing(uninterrupted):
     """IPPO, with the value normaliser's running statistics."""
     run = uninterrupted["ippo"]
-    assert_resume_is_exact(run.cwd, run.models(), "ippo", *run.with_args, must_compare=MUST_COMPARE["value_norm"])
+    assert_resume_is_exact(run.cwd, run.models(), "ippo", must_compare=MUST_COMPARE["value_norm"])
 
 
 def test_ippo_gail_resume_is_exact(uninterrupted):
@@ -324,8 +334,7 @@ def test_ippo_gail_resume_is_exact(uninterrupted):
     models = run.models()
     metrics = read_json(sacred_run_dir(run.cwd, "ippo_gail", models.name) / "metrics.json")
     assert metrics["gail_disc_loss"]["steps"] and metrics["gail_reward_mean"]["steps"]
-    assert_resume_is_exact(run.cwd, models, "ippo_gail", *run.with_args,
-                           must_compare=MUST_COMPARE["ippo"] + MUST_COMPARE["gail"])
+    assert_resume_is_exact(run.cwd, models, "ippo_gail", must_compare=MUST_COMPARE["ippo"] + MUST_COMPARE["gail"])
 
 
 def test_qmix_resume_is_exact(uninterrupted):
@@ -336,7 +345,7 @@ def test_qmix_resume_is_exact(uninterrupted):
     first_checkpoint = min(int(s) for s in os.listdir(models))
     loss_steps = metrics["loss"]["steps"]  # the learner trained before and after the checkpoint
     assert min(loss_steps) <= first_checkpoint < max(loss_steps)
-    assert_resume_is_exact(run.cwd, models, "qmix", *run.with_args)
+    assert_resume_is_exact(run.cwd, models, "qmix")
 
 
 def test_sacred_commands_pass_through(tmp_path):
@@ -379,9 +388,138 @@ def test_corrupt_checkpoint_is_rejected_before_the_run(original, tmp_path, monke
 
 
 def test_checkpoint_of_another_map_is_a_clear_error(original, tmp_path):
+    """Called directly (not through main.py, which already refuses another map), the set-up still checks the
+    checkpoint against the environment, and leaves nothing behind."""
     _, _, models = original
     cfg = load_config("ippo", "sc2", {"env_args.map_name": "8m", "seed": 1, "batch_size_run": 2, "test_nepisode": 2,
-                                      "evaluate": True, "use_tensorboard": False, "checkpoint_path": str(models)})
+                                      "evaluate": True, "checkpoint_path": str(models),
+                                      "local_results_path": str(tmp_path / "results")})
     with pytest.raises(CheckpointError, match=r"made on map '3m' with n_agents=3, but this run's environment has "
                                               r"n_agents=8"):
         run_module.run(None, cfg, logging.getLogger("dm2-test"))
+    assert os.listdir(tmp_path) == []  # the reserved tb_logs/<token> (and results/) were removed again
+
+
+# --- resuming and evaluating take the checkpoint's config ---------------------------------------------------
+
+def resolve(*with_args, config=None, env_config=None):
+    return main.resolve_config(config, env_config, main.collect_updates(list(with_args)))
+
+
+def first_step(models) -> str:
+    return str(min(int(step) for step in os.listdir(models)))
+
+
+def test_resume_takes_the_checkpoint_config(original):
+    _, run_dir, models = original
+    step = first_step(models)
+    resolved = resolve(f"checkpoint_path={models}", f"load_step={step}")
+    saved = read_json(run_dir / "config.json")
+    resumed = resolved.cfg.to_dict()
+    assert resolved.config_name == "ippo" and resolved.checkpoint_path.endswith(f"/{step}/{CHECKPOINT_FILE}")
+    assert {k: v for k, v in resumed.items() if k not in ("checkpoint_path", "load_step")} == \
+           {k: v for k, v in saved.items() if k not in ("checkpoint_path", "load_step")}
+    assert (resumed["seed"], resumed["t_max"], resumed["save_model"], resumed["use_value_norm"]) == (1, 600, True, True)
+    # the same values given again, and changeable keys given with other values, are accepted
+    again = resolve(f"checkpoint_path={models}", f"load_step={step}", *TINY, "use_value_norm=True", "t_max=1200",
+                    "log_interval=100", "use_tensorboard=False", config="ippo", env_config="sc2")
+    assert (again.cfg.t_max, again.cfg.log_interval, again.cfg.use_tensorboard) == (1200, 100, False)
+    assert "changed: t_max 600 -> 1200, log_interval 300 -> 100, use_tensorboard True -> False" in again.notes[0][1]
+    # evaluating may also change the evaluation's own settings
+    evaluation = resolve(f"checkpoint_path={models}", "evaluate=True", "test_nepisode=8", "seed=5")
+    assert (evaluation.cfg.test_nepisode, evaluation.cfg.seed, evaluation.cfg.lr) == (8, 5, saved["lr"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lr=0.1", "env_args.map_name=8m"], r"but the command line changes lr=0\.1 \(the run has 0\.0005\), "
+                                         r"env_args\.map_name='8m' \(the run has '3m'\)\. A resumed run may change "
+                                         r"only t_max, .*Leave the other keys out"),
+    (["seed=2"], r"changes seed=2 \(the run has 1\)"),
+    (["test_nepisode=8"], r"changes test_nepisode=8 \(the run has 4\)"),  # changeable when evaluating only
+    (["t_max=300"], r"is at t_env=\d+, which already reaches t_max=300: nothing to train\. Give a larger t_max"),
+    (["evaluate=True", "lr=0.1"], r"evaluates the agents saved in .* changes lr=0\.1 .* An evaluation may change"),
+])
+def test_resume_rejects_changes_to_the_experiment(original, args, message):
+    _, _, models = original
+    with pytest.raises(ConfigError, match=message):
+        resolve(f"checkpoint_path={models}", *args)
+
+
+def test_resume_config_must_be_the_checkpoints_algorithm(original):
+    _, _, models = original
+    with pytest.raises(ConfigError, match=r"--config=qmix does not match checkpoint .*: that run was made with "
+                                          r"--config=ippo \(learner 'ippo'\)\. .*leave --config out, or give "
+                                          r"--config=ippo"):
+        resolve(f"checkpoint_path={models}", config="qmix")
+    # checkpoints written before the --config name was recorded: matched by their learner
+    ckpt = load_checkpoint(models / first_step(models) / CHECKPOINT_FILE)
+    del ckpt["command"]
+    with pytest.raises(ConfigError, match=r"--config=qmix \(learner 'qmix'\) does not match checkpoint .* holds a "
+                                          r"'ippo' learner.*give --config=ippo"):
+        main._checkpoint_alg("qmix", "sc2", ckpt, "ckpt.pt")
+    assert main._checkpoint_alg(None, "sc2", ckpt, "ckpt.pt") == "ippo"
+
+
+def resave(source, target_dir, edit):
+    """A copy of checkpoint ``source`` under ``target_dir/<step>/`` with ``edit(payload)`` applied."""
+    payload = load_checkpoint(source)
+    for key in ("format", "version"):
+        payload.pop(key)
+    edit(payload)
+    from utils.checkpoint import save_checkpoint
+    return save_checkpoint(str(target_dir / source.parent.name), payload)
+
+
+def test_moved_demonstrations(uninterrupted, tmp_path):
+    """DM²'s demonstrations are part of the experiment: a resume takes gail_data_path from the checkpoint;
+    a moved file is named, and a copy elsewhere is accepted when its content is the run's."""
+    run = uninterrupted["ippo_gail"]
+    models = run.models()
+    source = models / first_step(models) / CHECKPOINT_FILE
+    demos = load_checkpoint(source)["config"]["gail_data_path"]
+    gone = str(tmp_path / "moved_away.npz")
+
+    def moved(payload):
+        payload["config"]["gail_data_path"] = gone
+
+    ckpt_file = resave(source, tmp_path / "models", moved)
+    with pytest.raises(ConfigError, match=rf"trained on gail_data_path='{gone}', which does not exist any more .*"
+                                          r"give its new location: with gail_data_path=<new path> \(accepted when "
+                                          r"its content is identical"):
+        resolve(f"checkpoint_path={ckpt_file}")
+    copy = tmp_path / "copy.npz"
+    shutil.copy(demos, copy)
+    resolved = resolve(f"checkpoint_path={ckpt_file}", f"gail_data_path={copy}")
+    assert resolved.cfg.gail_data_path == str(copy) and resolved.cfg.gail_epochs == 3
+    assert any("same content" in note for _, note in resolved.notes)
+    other = random_demonstrations_3m(tmp_path / "other.npz", seed=1)
+    with pytest.raises(ConfigError, match=r"holds other demonstrations than the run .* was trained on"):
+        resolve(f"checkpoint_path={ckpt_file}", f"gail_data_path={other}")
+    # evaluation does not use the demonstrations: another file is only a warning
+    notes = resolve(f"checkpoint_path={ckpt_file}", f"gail_data_path={other}", "evaluate=True").notes
+    assert any(level == logging.WARNING and "evaluating with other demonstrations" in note for level, note in notes)
+
+    def old_checkpoint(payload):  # written before checksums were recorded, and its file is gone
+        moved(payload)
+        del payload["data_checksums"]
+
+    old_file = resave(source, tmp_path / "old_models", old_checkpoint)
+    warned = resolve(f"checkpoint_path={old_file}", f"gail_data_path={copy}").notes
+    assert any(level == logging.WARNING and "cannot be checked" in note for level, note in warned)
+
+
+def test_setup_errors_are_one_line_and_leave_nothing(original, tmp_path, monkeypatch):
+    """A checkpoint of another algorithm (refused while resolving the config) and demonstrations of another
+    map (refused while building the learner): `dm2: error:`, exit status 2, no folder."""
+    _, _, models = original
+    proc = run_cli(tmp_path, f"checkpoint_path={models}", alg="qmix", returncode=2)
+    assert proc.stderr.startswith("dm2: error: --config=qmix does not match checkpoint") and \
+        "Traceback" not in proc.stderr + proc.stdout
+    assert os.listdir(tmp_path) == []
+    demos = random_demonstrations_3m(tmp_path / "demos.npz")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    status = main.cli(["main.py", "--config=ippo_gail", "with", "env_args.map_name=8m", f"gail_data_path={demos}",
+                       "batch_size_run=2", "test_nepisode=2"])
+    assert status == 2 and os.listdir(tmp_path / "work") == []
+

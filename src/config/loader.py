@@ -9,8 +9,10 @@ Layers, later ones win:
    environment's constructor arguments: the keys accepted under ``env_args`` and their defaults.
 3. ``algs/<config>.yaml``: declared keys, plus ``map_overrides: {<map_name>: {key: value, ...}}``.
 4. ``map_overrides[<map_name>]`` of the alg file, for the map the run will use (the final
-   ``env_args.map_name``, i.e. after the overrides of layer 5).
-5. The overrides passed in, e.g. Sacred's ``with`` updates, as nested mappings or dotted keys
+   ``env_args.map_name``, i.e. after the layers 5 and 6).
+5. Optionally a ``base`` layer: when resuming or evaluating a checkpoint, the run's saved config
+   (``main.py``), so the run continues with its own values rather than today's defaults.
+6. The overrides passed in, e.g. Sacred's ``with`` updates, as nested mappings or dotted keys
    (``{"env_args.map_name": "3m"}``).
 
 Every layer is checked against the declaration: an unknown key is an error with a "did you mean"; a
@@ -437,7 +439,8 @@ def _alg_files(config_name: str, config_dir: Path) -> list[tuple[Path, dict[str,
 
 def load_config(config_name: str, env_config_name: str = "sc2", overrides: Mapping[str, Any] | None = None,
                 *, overrides_label: str = "the overrides", config_dir: str | os.PathLike | None = None,
-                check_components: bool = True) -> Config:
+                check_components: bool = True, base: Mapping[str, Any] | None = None,
+                base_label: str = "the base config") -> Config:
     """Resolve and validate a run configuration.
 
     Args:
@@ -448,6 +451,9 @@ def load_config(config_name: str, env_config_name: str = "sc2", overrides: Mappi
         config_dir: folder holding the YAML files (default: this package's folder).
         check_components: also check ``env``/``runner``/``mac``/``learner`` against their registries and
             the map name against the environment (imports those packages).
+        base: a layer applied after the alg file and its ``map_overrides`` and before ``overrides`` (a
+            resumed run's saved config: it replaces every value the files set); checked like the others.
+        base_label: how error messages name ``base``.
 
     Returns:
         The read-only :class:`Config`. ``name`` defaults to ``config_name``; ``map_overrides`` is consumed.
@@ -475,10 +481,13 @@ def load_config(config_name: str, env_config_name: str = "sc2", overrides: Mappi
     alg_files = _alg_files(config_name, config_dir)
     for alg_path, alg_layer, _ in alg_files:
         _apply(cfg, declared, _nest(alg_layer, _display(alg_path)), _display(alg_path), sources, declared)
+    base_layer = _nest(base or {}, base_label)
     user_layer = _nest(overrides or {}, overrides_label)
-    user_env_args = user_layer.get(ENV_ARGS_KEY)
-    final_map = (user_env_args if isinstance(user_env_args, dict) and "map_name" in user_env_args
-                 else cfg[ENV_ARGS_KEY]).get("map_name")
+    final_map = cfg[ENV_ARGS_KEY].get("map_name")
+    for layer in (base_layer, user_layer):
+        layer_env_args = layer.get(ENV_ARGS_KEY)
+        if isinstance(layer_env_args, dict) and "map_name" in layer_env_args:
+            final_map = layer_env_args["map_name"]
     for alg_path, _, map_overrides in alg_files:
         alg_label = _display(alg_path)
         for map_name, layer in map_overrides.items():
@@ -492,6 +501,7 @@ def load_config(config_name: str, env_config_name: str = "sc2", overrides: Mappi
             _apply(copy.deepcopy(cfg), declared, layer, label, {}, declared)
             if map_name == final_map:
                 _apply(cfg, declared, layer, label, sources, declared)
+    _apply(cfg, declared, base_layer, base_label, sources, declared)
     _apply(cfg, declared, user_layer, overrides_label, sources, declared)
 
     if not cfg["name"]:
