@@ -121,7 +121,7 @@ class PolicyCheckpoint:
 
 def load_policy(path: str | PolicyCheckpoint, load_step: int = 0) -> PolicyCheckpoint:
     """The agent networks of a checkpoint: ``path`` is a ``checkpoint.pt`` file, a ``<t_env>`` step
-    directory, or a models directory (then ``load_step`` picks the step as ``main.py`` does: 0 = latest)."""
+    directory, or a models directory (then ``load_step`` picks the step as a resumed run does: 0 = latest)."""
     if isinstance(path, PolicyCheckpoint):
         return path
     file = os.path.abspath(find_checkpoint(os.fspath(path), load_step))

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 import main
+from config import resume
 from config.loader import CONFIG_DIR, Config, ConfigError, available_configs, load_config
+from utils import mongo
 
 
 def write(path, text):
@@ -258,7 +260,7 @@ def test_sacred_records_the_validated_values():
 
 
 def test_changeable_keys_are_documented_next_to_checkpoint_path():
-    """default.yaml's comment on checkpoint_path lists exactly the keys main.py lets a resume / an evaluation
+    """default.yaml's comment on checkpoint_path lists exactly the keys config/resume.py lets a resume / an evaluation
     change."""
     text = open(os.path.join(CONFIG_DIR, "default.yaml")).read()
     comment = text[text.index("\ncheckpoint_path:"):text.index("\nload_step:")]
@@ -274,19 +276,19 @@ def test_changeable_keys_are_documented_next_to_checkpoint_path():
             current = None
     listed = {kind: [w for w in re.findall(r"[a-z_]+(?:\.[a-z_]+)?", re.sub(r"\(.*?\)", " ", entries[kind]))
                      if w not in ("the", "resume", "keys", "plus")] for kind in ("resume", "evaluate")}
-    assert listed["resume"] == list(main.RESUME_CHANGEABLE[2:])  # checkpoint_path and load_step go without saying
-    assert listed["evaluate"] == list(main.EVALUATE_CHANGEABLE[len(main.RESUME_CHANGEABLE):])
-    assert "gail_data_path" in comment and main.DATA_KEYS == ("gail_data_path",)
+    assert listed["resume"] == list(resume.RESUME_CHANGEABLE[2:])  # checkpoint_path and load_step go without saying
+    assert listed["evaluate"] == list(resume.EVALUATE_CHANGEABLE[len(resume.RESUME_CHANGEABLE):])
+    assert "gail_data_path" in comment and resume.DATA_KEYS == ("gail_data_path",)
 
 
 def test_mongo_spec_parsing():
-    assert main.parse_mongo_spec("localhost:27017:dm2") == {"url": "localhost:27017", "db_name": "dm2"}
-    assert main.parse_mongo_spec("db.example.org:27018") == {"url": "db.example.org:27018"}
-    assert main.parse_mongo_spec("dm2") == {"db_name": "dm2"}
-    assert main.parse_mongo_spec("dm2.runs!5") == {"db_name": "dm2", "collection": "runs", "priority": 5}
+    assert mongo.parse_mongo_spec("localhost:27017:dm2") == {"url": "localhost:27017", "db_name": "dm2"}
+    assert mongo.parse_mongo_spec("db.example.org:27018") == {"url": "db.example.org:27018"}
+    assert mongo.parse_mongo_spec("dm2") == {"db_name": "dm2"}
+    assert mongo.parse_mongo_spec("dm2.runs!5") == {"db_name": "dm2", "collection": "runs", "priority": 5}
     for bad in ("localhost:dm2:27017", "mongodb://localhost", ""):
         with pytest.raises(ConfigError, match="is not a MongoDB observer spec"):
-            main.parse_mongo_spec(bad)
+            mongo.parse_mongo_spec(bad)
 
 
 def test_unreachable_mongodb_is_a_clear_error_within_seconds(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import torch
 import main
 import run as run_module
 from components.demonstrations import make_demonstrations, save_demonstrations
+from config import resume
 from config.loader import ConfigError, load_config
 from envs import sim
 from utils.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
@@ -403,7 +404,7 @@ def test_checkpoint_of_another_map_is_a_clear_error(original, tmp_path):
 # --- resuming and evaluating take the checkpoint's config ---------------------------------------------------
 
 def resolve(*with_args, config=None, env_config=None):
-    return main.resolve_config(config, env_config, main.collect_updates(list(with_args)))
+    return resume.resolve_config(config, env_config, main.collect_updates(list(with_args)))
 
 
 def first_step(models) -> str:
@@ -456,8 +457,8 @@ def test_resume_config_must_be_the_checkpoints_algorithm(original):
     del ckpt["command"]
     with pytest.raises(ConfigError, match=r"--config=qmix \(learner 'qmix'\) does not match checkpoint .* holds a "
                                           r"'ippo' learner.*give --config=ippo"):
-        main._checkpoint_alg("qmix", "sc2", ckpt, "ckpt.pt")
-    assert main._checkpoint_alg(None, "sc2", ckpt, "ckpt.pt") == "ippo"
+        resume._checkpoint_alg("qmix", "sc2", ckpt, "ckpt.pt")
+    assert resume._checkpoint_alg(None, "sc2", ckpt, "ckpt.pt") == "ippo"
 
 
 def resave(source, target_dir, edit):

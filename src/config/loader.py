@@ -11,7 +11,7 @@ Layers, later ones win:
 4. ``map_overrides[<map_name>]`` of the alg file, for the map the run will use (the final
    ``env_args.map_name``, i.e. after the layers 5 and 6).
 5. Optionally a ``base`` layer: when resuming or evaluating a checkpoint, the run's saved config
-   (``main.py``), so the run continues with its own values rather than today's defaults.
+   (``config/resume.py``), so the run continues with its own values rather than today's defaults.
 6. The overrides passed in, e.g. Sacred's ``with`` updates, as nested mappings or dotted keys
    (``{"env_args.map_name": "3m"}``).
 

@@ -1,1 +1,2 @@
-"""Framework utilities: logging, checkpoints, returns (GAE, TD(lambda)) and plotting."""
+"""Framework utilities: logging, checkpoints, returns (GAE, TD(lambda)), plotting, CPU runtime settings and
+the MongoDB observer check."""
