@@ -12,7 +12,7 @@ The loop is ``run.py``'s: collect ``batch_size_run`` episodes -> ``learner.train
 ``test_interval`` env steps run ``test_nepisode`` greedy episodes. The first iteration (JIT compilation,
 allocation) is excluded from the timing.
 
-QMIX runs with its configuration's ``torch_threads`` (1); ``--qmix-threads N`` overrides it, to re-measure
+QMIX runs with its configuration's ``torch_threads`` (0: all cores); ``--qmix-threads N`` overrides it, to re-measure
 whether its update (one 32-episode batch per collected episode) gains from more threads on a given machine.
 
     python bench/bench_training.py [--algs ippo ippo_gail qmix] [--map 5m_vs_6m] [--steps 200000] [--demos F]
