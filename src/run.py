@@ -41,7 +41,7 @@ import controllers
 import envs
 import learners
 import runners
-from components.demonstrations import DemonstrationError
+from components.demonstrations import DemonstrationError, stored_checksum
 from config.loader import Config, ConfigError
 from envs.multiagentenv import BatchedMultiAgentEnv
 from utils.checkpoint import (CheckpointError, capture_rng_state, find_checkpoint, load_checkpoint,
@@ -203,18 +203,6 @@ def release_run_dirs(dirs: dict[str, str], missing_before: Iterable[str]) -> Non
             os.rmdir(path)  # only empty directories: nothing a run wrote is ever removed
         except OSError:
             pass
-
-
-def demonstrations_checksum(path: str) -> str:
-    """The content checksum stored in a demonstrations file (``components/demonstrations.py``: SHA-256 of
-    its arrays and metadata), read without loading the arrays."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return str(archive["checksum"][()])
-    except FileNotFoundError:
-        raise DemonstrationError(f"{path} does not exist.") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file fails in many ways
-        raise DemonstrationError(f"{path} is not a dm2 demonstrations file ({type(exc).__name__}: {exc}).") from None
 
 
 def warm_up_simulator(cfg: Config, console: logging.Logger) -> None:
@@ -606,7 +594,7 @@ def prepare_run(cfg: Config, console: logging.Logger, *, checkpoint: dict | None
             _restore(checkpoint, checkpoint_path, cfg, parts, resume=resume)
         extra = {"command": dict(command or {}), "data_checksums": {}}
         if "gail_data_path" in cfg and cfg.gail_data_path:  # which demonstrations the run learns from
-            extra["data_checksums"]["gail_data_path"] = demonstrations_checksum(cfg.gail_data_path)
+            extra["data_checksums"]["gail_data_path"] = stored_checksum(cfg.gail_data_path)
         console.info("Run token %s | device %s | torch threads %d", token, device, torch.get_num_threads())
         return PreparedRun(cfg=cfg, parts=parts, device=device, token=token, dirs=dirs, missing_dirs=missing,
                            rng_state=checkpoint["rng"] if resume else capture_rng_state(), checkpoint=checkpoint,

@@ -334,6 +334,18 @@ def _read_member(archive, name: str, path: str) -> np.ndarray:
                                  "python src/demos.py record.") from None
 
 
+def stored_checksum(path: str) -> str:
+    """The content checksum stored in the demonstrations file ``path`` (SHA-256 of its arrays and metadata,
+    as :func:`save_demonstrations` wrote it), read without loading the arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return str(archive["checksum"][()])
+    except FileNotFoundError:
+        raise DemonstrationError(f"{path} does not exist.") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file fails in many ways
+        raise DemonstrationError(f"{path} is not a dm2 demonstrations file ({type(exc).__name__}: {exc}).") from None
+
+
 def load_demonstrations(path: str) -> Demonstrations:
     """Read a dataset written by :func:`save_demonstrations`; every array is read and checked.
 

@@ -25,8 +25,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from components.demonstrations import stored_checksum
 from config.loader import Config, ConfigError, available_configs, load_config
-from run import SETUP_ERRORS, demonstrations_checksum, map_label
+from run import SETUP_ERRORS, map_label
 from utils.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
 DEFAULT_ENV_CONFIG = "sc2"
@@ -148,10 +149,11 @@ def _check_demonstrations(run_cfg: Config, given: Mapping[str, Any], ckpt: dict,
                     f"(working directory {os.getcwd()}). If the file moved, give its new location: with "
                     f"{key}=<new path> (accepted when its content is identical"
                     + (", which the checkpoint's recorded checksum shows)." if recorded else ")."))
-            if recorded and not evaluate and _checksum(original, key) != recorded:
+            current = _checksum(original, key) if recorded and not evaluate else None
+            if current is not None and current != recorded:
                 raise ConfigError(
                     f"{key}={original!r} has changed since the run in {ckpt_file} was trained on it (its checksum "
-                    f"is {_checksum(original, key)[:16]}..., the checkpoint recorded {recorded[:16]}...). The "
+                    f"is {current[:16]}..., the checkpoint recorded {recorded[:16]}...). The "
                     f"demonstrations are part of the experiment: restore the original file and give its path "
                     f"with {key}=<path>, or start a new run.")
             continue
@@ -183,7 +185,7 @@ def _check_demonstrations(run_cfg: Config, given: Mapping[str, Any], ckpt: dict,
 
 def _checksum(path: str, key: str) -> str:
     try:
-        return demonstrations_checksum(path)
+        return stored_checksum(path)
     except SETUP_ERRORS as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
