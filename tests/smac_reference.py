@@ -24,6 +24,9 @@ What it keeps from SMAC on purpose, because the simulator must reproduce it:
   ``unit_type - 73`` (zealot 0, stalker 1), swapped relative to the allies (stalker 0, zealot 1). In the
   state the type bits go to column ``type_id - unit_type_bits``.
 * ``obs_all_health=True`` forces ``obs_own_health=True``.
+* MMM maps: a medivac's actions ``6 + j`` heal ally ``j`` (living non-medivac allies within 6, any
+  health); its observation's enemy rows take their first feature from those heal actions; its state row
+  shows ``energy / 200`` instead of the weapon cooldown; ``only_medivac_left`` decides the battle.
 * ``obs_timestep_number`` reserves one (always zero) slot in the own features *and* appends
   ``episode_steps / episode_limit``, so the vector is one longer than ``get_obs_size()``. Like SMAC,
   this module then returns the observation as float64 (``np.append`` of a Python float); everywhere

@@ -166,8 +166,8 @@ def test_unknown_and_unsupported_arguments():
         StarCraft2Env(map_name="3m", obs_last_actions=True)
     with pytest.raises(ValueError, match="obs_terrain_height"):
         StarCraft2Env(map_name="3m", obs_terrain_height=True)
-    with pytest.raises(ValueError, match="heuristic_ai"):
-        StarCraft2Env(map_name="3m", heuristic_ai=True)
+    with pytest.raises(ValueError, match="heuristic_ai must be True or False"):
+        StarCraft2Env(map_name="3m", heuristic_ai="yes")
     with pytest.raises(ValueError, match="difficulty"):
         StarCraft2Env(map_name="3m", difficulty="11")
     with pytest.raises(ValueError, match="n_envs"):

@@ -75,6 +75,8 @@ ARMIES = {
     "3s5z_vs_3s6z": ({"stalker": 3, "zealot": 5}, {"stalker": 3, "zealot": 6}),
     **{f"3s_vs_{m}z": ({"stalker": 3}, {"zealot": m}) for m in (3, 4, 5)},
     "2m_vs_1z": ({"marine": 2}, {"zealot": 1}),
+    "MMM": ({"marauder": 2, "marine": 7, "medivac": 1}, {"marauder": 2, "marine": 7, "medivac": 1}),
+    "MMM2": ({"marauder": 2, "marine": 7, "medivac": 1}, {"marauder": 3, "marine": 8, "medivac": 1}),
 }
 
 
@@ -191,8 +193,7 @@ def test_agents_of_one_type_are_sorted_by_position_after_reset(map_name):
             assert same == sorted(same), f"{map_name}: {name} agents not sorted by x: {same}"
 
 
-@pytest.mark.parametrize("flag,value", [("obs_terrain_height", True), ("heuristic_ai", True),
-                                        ("heuristic_rest", True), ("game_version", "4.10")])
+@pytest.mark.parametrize("flag,value", [("obs_terrain_height", True), ("game_version", "4.10")])
 def test_flags_the_simulator_cannot_honour_are_rejected(flag, value):
     with pytest.raises(ValueError, match=flag):
         StarCraft2Env(map_name="3m", **{flag: value})
@@ -211,7 +212,7 @@ def test_unknown_map_and_argument_are_explained():
 # --------------------------------------------------------------------------------------------------
 # (b) random situations
 
-RANDOM_MAPS = ["3m", "5m_vs_6m", "3s_vs_4z", "2s3z", "3s5z"]
+RANDOM_MAPS = ["3m", "5m_vs_6m", "3s_vs_4z", "2s3z", "3s5z", "MMM", "MMM2"]
 FLAG_SETS = {
     "defaults": {},
     "obs_last_action": {"obs_last_action": True},
@@ -284,6 +285,8 @@ class SituationSampler:
             u.shield = (0.0 if r < 0.2 else u.shield_max if r < 0.4
                         else _f32(self.rng.uniform(0, u.shield_max)))
         u.weapon_cooldown = 0.0 if self.rng.random() < 0.3 else _f32(self.rng.uniform(0, 40))
+        if name == "medivac":  # SMAC's state shows a medivac's energy (0..200) instead of its cooldown
+            u.energy = 0.0 if self.rng.random() < 0.2 else _f32(self.rng.uniform(0, 200))
         return u
 
     def place_at_boundary(self, anchor, other) -> None:
@@ -320,14 +323,16 @@ class SituationSampler:
 def as_situation(units) -> dict:
     """Unit records as ``set_unit_situation``'s column dict."""
     return {"x": [u.x for u in units], "y": [u.y for u in units], "health": [u.health for u in units],
-            "shield": [u.shield for u in units], "cooldown": [u.weapon_cooldown for u in units]}
+            "shield": [u.shield for u in units], "cooldown": [u.weapon_cooldown for u in units],
+            "energy": [u.energy for u in units]}
 
 
 def describe(map_name, flags, allies, enemies, last_action, steps) -> str:
     rows = [f"map={map_name} flags={flags} episode_steps={steps}"]
     for side, units in (("ally", allies), ("enemy", enemies)):
         rows += [f"  {side} {i} {u.unit_type}: x={u.x!r} y={u.y!r} health={u.health!r} "
-                 f"shield={u.shield!r} cooldown={u.weapon_cooldown!r}" for i, u in enumerate(units)]
+                 f"shield={u.shield!r} cooldown={u.weapon_cooldown!r} energy={u.energy!r}"
+                 for i, u in enumerate(units)]
     if last_action is not None:
         rows.append(f"  last_action ids={[int(r.argmax()) if r.any() else None for r in last_action]}")
     return "\n".join(rows)

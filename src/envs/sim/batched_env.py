@@ -11,8 +11,9 @@ import numpy as np
 from ..multiagentenv import BatchedMultiAgentEnv
 from . import engine
 from .features import FeatureLayout, build_avail_actions, build_obs, build_state
+from .heuristic import SmacHeuristic
 from .maps import ALLY_SPAWN, ENEMY_SPAWN, MAP_SIZE, get_scenario
-from .units import UNIT_TYPES
+from .units import UNIT_TYPES, air_heal_arrays, unit_arrays
 
 #: SMAC's ``StarCraft2Env`` keyword arguments and defaults. All are accepted; the ones listed in
 #: ``_UNSUPPORTED`` are rejected when set to anything but their default.
@@ -28,8 +29,6 @@ SMAC_DEFAULTS: dict[str, Any] = dict(
 )
 _UNSUPPORTED = {
     "obs_terrain_height": "the embedded simulator's arenas have pathability but no terrain heights",
-    "heuristic_ai": "SMAC's heuristic agent controller is not part of the embedded simulator",
-    "heuristic_rest": "SMAC's heuristic agent controller is not part of the embedded simulator",
     "game_version": "it selects a StarCraft II binary; the embedded simulator has none",
 }
 _DIFFICULTIES = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "A")
@@ -59,6 +58,12 @@ def check_smac_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"step_mul must be a positive integer (game loops per step), got {args['step_mul']!r}.")
     if not isinstance(args["move_amount"], (int, np.integer)) or args["move_amount"] < 1:
         raise ValueError(f"move_amount must be a positive integer (cells per move order), got {args['move_amount']!r}.")
+    for key in ("heuristic_ai", "heuristic_rest"):
+        if not isinstance(args[key], (bool, np.bool_)):
+            raise ValueError(f"{key} must be True or False, got {args[key]!r}.")
+    if args["heuristic_rest"] and not args["heuristic_ai"]:
+        raise ValueError("heuristic_rest=True only restricts SMAC's heuristic agents (SMAC ignores it "
+                         "without them); set heuristic_ai=True as well, or leave heuristic_rest False.")
     if args["obs_all_health"]:
         args["obs_own_health"] = True  # as in SMAC
     return args
@@ -75,7 +80,8 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
     """``n_envs`` independent SMAC battles on the embedded simulator.
 
     Accepts SMAC's ``StarCraft2Env`` keyword arguments (``map_name``, ``step_mul``, ``move_amount``, the
-    ``obs_*``/``state_*``/``reward_*`` flags, ``continuing_episode``, ``seed``, ``replay_dir``, ...), plus
+    ``obs_*``/``state_*``/``reward_*`` flags, ``continuing_episode``, ``heuristic_ai`` / ``heuristic_rest``
+    (SMAC's scripted agents, ``heuristic.py``), ``seed``, ``replay_dir``, ...), plus
     ``n_envs`` and ``record_replay`` (keep every environment's last episode for ``save_replay``).
     See ``BatchedMultiAgentEnv`` for the array API; values follow SMAC's semantics exactly.
     """
@@ -115,16 +121,13 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         self.health_max = f64([u.health_max for u in units])
         self.shield_max = f64([u.smac_max_shield for u in units])
         self.max_cooldown = f64([u.smac_max_cooldown for u in units])
+        self.energy_start = f64([u.energy_start for u in units])
         self.type_col = np.array([sc.ally_type_index(n) for n in self.ally_unit_names]
                                  + [sc.enemy_type_index(n) for n in self.enemy_unit_names], dtype=np.int64)
-        self.static = (
-            f64([u.radius for u in units]), f64([u.speed_per_loop for u in units]),
-            f64([u.weapon_range for u in units]), f64([u.sight_range for u in units]),
-            f64([u.damage for u in units]), f64([u.bonus_damage for u in units]),
-            np.array([u.bonus_attribute for u in units], dtype=np.int64),
-            np.array([u.attributes for u in units], dtype=np.int64),
-            np.array([u.attacks for u in units], dtype=np.int64), f64([u.armor for u in units]),
-            f64([u.cooldown_loops for u in units]), f64([u.shield_max for u in units]))
+        self.static = unit_arrays(units)
+        #: air-unit and healer constants (``units.AirHealArrays``); ``healer`` marks SMAC's medivacs
+        self.air_heal = air_heal_arrays(units)
+        self.healer = self.air_heal.healer
         groups, start = [], 0
         for _, count in sc.allies:
             groups.append((start, count))
@@ -152,6 +155,9 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         self.record_replay = bool(record_replay)
         self.replay_dir = args["replay_dir"]
         self.replay_prefix = args["replay_prefix"] or map_name
+        #: SMAC's scripted agents, acting instead of the given actions (``heuristic_ai``), or ``None``
+        self.heuristic = (SmacHeuristic(self.ally_unit_names, self.enemy_unit_names, self.n_envs,
+                                        rest=args["heuristic_rest"]) if args["heuristic_ai"] else None)
         self._allocate()
         self._stats = dict(battles_won=0, battles_game=0, timeouts=0)
         self.reset()
@@ -164,11 +170,12 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         self.health = np.zeros((B, U))
         self.shield = np.zeros((B, U))
         self.cooldown = np.zeros((B, U))
+        self.energy = np.zeros((B, U))
         self.order = np.zeros((B, U), dtype=np.int64)
         self.order_x = np.zeros((B, U))
         self.order_y = np.zeros((B, U))
         self.target = np.full((B, U), -1, dtype=np.int64)
-        self.last_attacker = np.full((B, U), -1, dtype=np.int64)
+        self.combat = engine.new_combat_state(B, U)
         self.since_damage = np.zeros((B, U))
         self.fired_at = np.full((B, U), -1, dtype=np.int64)
         self.death_tracker = np.zeros((B, U), dtype=np.int64)
@@ -188,25 +195,29 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
     def _refresh(self) -> None:
         """Recompute the action masks; observations and states are rebuilt on demand."""
         build_avail_actions(self.x, self.y, self.health, self.pathing_grid, self.n_agents,
-                            float(self.move_amount), self.avail)
+                            float(self.move_amount), self.healer, self.avail)
         self._obs_cache = None
         self._state_cache = None
 
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         mask = np.ones(self.n_envs, dtype=np.bool_) if env_mask is None else self._check_mask(env_mask)
         for arr, value in ((self.cooldown, 0.0), (self.order, engine.ORDER_IDLE), (self.order_x, 0.0),
-                           (self.order_y, 0.0), (self.target, -1), (self.last_attacker, -1),
+                           (self.order_y, 0.0), (self.target, -1),
                            (self.since_damage, 0.0), (self.fired_at, -1), (self.death_tracker, 0),
                            (self.last_action, -1)):
             arr[mask] = value
         self.health[mask] = self.health_max
         self.shield[mask] = self.shield_max
+        self.energy[mask] = self.energy_start
+        engine.reset_combat_state(self.combat, mask)
         self.episode_steps[mask] = 0
         self.terminated[mask] = False
         engine.spawn_envs(mask, self.keys, self._env_seeds, self._episodes_started, self.x, self.y,
                           self._ally_spacing, self._enemy_spacing, self._ally_groups, self.n_agents,
                           ALLY_SPAWN, ENEMY_SPAWN)
         self._episodes_started[mask] += 1
+        if self.heuristic is not None:
+            self.heuristic.reset(mask)
         self._refresh()
         if self.record_replay:
             for b in np.flatnonzero(mask):
@@ -220,7 +231,8 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         return mask
 
     # ------------------------------------------------------------------ stepping
-    def _check_actions(self, actions) -> np.ndarray:
+    def _action_array(self, actions) -> np.ndarray:
+        """``actions`` as int64 ``[B, N]``; a wrong shape or a non-integer dtype is an error."""
         acts = np.asarray(actions)
         expected = (self.n_envs, self.n_agents)
         if acts.shape != expected:
@@ -228,7 +240,10 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         if acts.dtype == np.bool_ or not np.issubdtype(acts.dtype, np.integer):
             raise TypeError(f"actions must be integers (action ids 0..{self.n_actions - 1}), "
                             f"got dtype {acts.dtype}.")
-        acts = acts.astype(np.int64, copy=False)
+        return acts.astype(np.int64, copy=False)
+
+    def _check_actions(self, actions) -> np.ndarray:
+        acts = self._action_array(actions)
         live = ~self.terminated
         bad_range = live[:, None] & ((acts < 0) | (acts >= self.n_actions))
         if bad_range.any():
@@ -240,17 +255,29 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         if bad.any():
             b, i = np.argwhere(bad)[0]
             valid = np.flatnonzero(self.avail[b, i]).tolist()
-            raise ValueError(f"env {b}, agent {i}: action {acts[b, i]} ({self.describe_action(acts[b, i])}) "
+            raise ValueError(f"env {b}, agent {i}: action {acts[b, i]} ({self.describe_action(acts[b, i], i)}) "
                              f"is not available; available actions: {valid} "
-                             f"({', '.join(self.describe_action(a) for a in valid)}).")
+                             f"({', '.join(self.describe_action(a, i) for a in valid)}).")
         return acts
 
-    def describe_action(self, action: int) -> str:
+    def describe_action(self, action: int, agent: int | None = None) -> str:
+        """Words for ``action`` (of ``agent``: a healer's actions ``6 + j`` heal ally ``j``)."""
         names = ("no-op", "stop", "move north", "move south", "move east", "move west")
-        return names[action] if action < 6 else f"attack enemy {action - 6}"
+        if action < 6:
+            return names[action]
+        if agent is not None and self.healer[agent]:
+            return f"heal ally {action - 6}"
+        return f"attack enemy {action - 6}"
 
     def step(self, actions):
-        acts = self._check_actions(actions)
+        """See ``BatchedMultiAgentEnv.step``. With ``heuristic_ai`` SMAC's scripted agents act instead of
+        ``actions`` (which then only need the right shape); ``info["actions"]`` holds what they did."""
+        if self.heuristic is None:
+            acts = self._check_actions(actions)
+        else:
+            self._action_array(actions)
+            acts = self.heuristic.actions(self.x, self.y, self.health, self.health_max, self.avail,
+                                          ~self.terminated)
         active = ~self.terminated
         B = self.n_envs
         reward = np.zeros(B)
@@ -260,8 +287,9 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         dead = np.zeros((B, 2), dtype=np.int64)
         self._step_kernel(acts, active, self.n_agents, self.x, self.y, self.health, self.shield,
                           self.cooldown, self.order, self.order_x, self.order_y, self.target,
-                          self.last_attacker, self.since_damage, self.fired_at, self.keys,
-                          self.episode_steps, self.death_tracker, self.last_action, self.static,
+                          self.since_damage, self.fired_at, self.keys, self.episode_steps,
+                          self.death_tracker, self.last_action, *self.static, *self.air_heal,
+                          self.energy, *self.combat,
                           self.pathing_grid, ALLY_SPAWN[0], ALLY_SPAWN[1], self.step_mul,
                           float(self.move_amount), self._reward_params, reward, newly_terminated, won,
                           timeout, dead, self._scratch_prev_health, self._scratch_prev_shield,
@@ -275,8 +303,12 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         self._refresh()
         if self.record_replay:
             self._record(active, newly_terminated)
+        # SMAC reports a timeout as info["episode_limit"] only with continuing_episode (PyMARL then bootstraps);
+        # otherwise it is an ordinary terminal step
         info = {"battle_won": won, "dead_allies": dead[:, 0], "dead_enemies": dead[:, 1],
-                "episode_limit": timeout}
+                "episode_limit": timeout & self.continuing_episode}
+        if self.heuristic is not None:
+            info["actions"] = acts
         return reward.astype(np.float32), self.terminated.copy(), info
 
     # ------------------------------------------------------------------ observations
@@ -299,8 +331,9 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
                 self._state_cache = self.get_obs().reshape(self.n_envs, -1)
             else:
                 out = np.empty((self.n_envs, lay.state_size), dtype=np.float32)
-                build_state(self.x, self.y, self.health, self.shield, self.cooldown, self.health_max,
-                            self.shield_max, self.max_cooldown, self.type_col, self.last_action,
+                build_state(self.x, self.y, self.health, self.shield, self.cooldown, self.energy,
+                            self.health_max, self.shield_max, self.max_cooldown, self.healer, self.type_col,
+                            self.last_action,
                             self.episode_steps, float(self.episode_limit), self.n_agents, self.n_actions,
                             lay.unit_type_bits, lay.shield_bits_ally, lay.shield_bits_enemy,
                             lay.state_last_action, lay.state_timestep_number, float(self.map_x),
@@ -344,16 +377,19 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
                            episode_steps: int | None = None) -> None:
         """Put environment ``env_index`` into a given unit situation (for checks against SMAC's code).
 
-        ``allies`` / ``enemies`` map ``x``, ``y``, ``health``, ``shield``, ``cooldown`` to sequences of
-        length ``n_agents`` / ``n_enemies`` (missing keys keep their value; health 0 = dead).
+        ``allies`` / ``enemies`` map ``x``, ``y``, ``health``, ``shield``, ``cooldown``, ``energy`` to
+        sequences of length ``n_agents`` / ``n_enemies`` (missing keys keep their value; health 0 = dead;
+        energy only matters for healers).
         ``last_action`` is an ``[n_agents, n_actions]`` one-hot array or ``None`` (no action yet).
-        Unit types are fixed by the map (``ally_unit_names`` / ``enemy_unit_names``).
+        Unit types are fixed by the map (``ally_unit_names`` / ``enemy_unit_names``). With ``heuristic_ai``
+        the scripted agents keep their targets (``reset`` forgets them).
         """
         b = env_index
         for units, lo, n in ((allies, 0, self.n_agents), (enemies, self.n_agents, self.n_enemies)):
-            unknown = set(units) - {"x", "y", "health", "shield", "cooldown"}
+            unknown = set(units) - {"x", "y", "health", "shield", "cooldown", "energy"}
             if unknown:
-                raise ValueError(f"Unknown unit fields {sorted(unknown)}; use x, y, health, shield, cooldown.")
+                raise ValueError(f"Unknown unit fields {sorted(unknown)}; use x, y, health, shield, cooldown, "
+                                 "energy.")
             for name, values in units.items():
                 values = np.asarray(values, dtype=np.float64)
                 if values.shape != (n,):
@@ -368,6 +404,7 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
             self.episode_steps[b] = episode_steps
         self.death_tracker[b] = self.health[b] <= 0
         self.terminated[b] = False
+        engine.reset_combat_state(self.combat, np.arange(self.n_envs) == b)  # no attacks under way
         self._refresh()
 
     def state_dict(self) -> dict:

@@ -5,10 +5,12 @@ SMAC's ``StarCraft2Env.get_obs_agent`` / ``get_state`` / ``get_avail_agent_actio
 for the same unit situation. Unit arrays are ``[B, U]`` with the ``N`` agents first (in agent-id order)
 and the ``E`` enemies after them (``U = N + E``); a unit is dead when its health is 0.
 
-Shapes: ``x``, ``y``, ``health``, ``shield``, ``cooldown``: float64 ``[B, U]``; static per-unit arrays
-``health_max``, ``shield_max`` (SMAC's ``unit_max_shield``), ``max_cooldown`` (``unit_max_cooldown``):
+Shapes: ``x``, ``y``, ``health``, ``shield``, ``cooldown``, ``energy``: float64 ``[B, U]``; static per-unit
+arrays ``health_max``, ``shield_max`` (SMAC's ``unit_max_shield``), ``max_cooldown`` (``unit_max_cooldown``):
 float64 ``[U]``; ``type_col``: int64 ``[U]``, the one-hot column of the unit's type (-1 without type bits);
-``pathing``: bool ``[32, 32]`` indexed ``[x, y]``; ``last_action``: int64 ``[B, N]`` (-1 = none yet).
+``healer``: bool ``[U]``, SMAC's medivacs (their actions ``6 + j`` heal ally ``j``, and their state shows
+energy instead of weapon cooldown); ``pathing``: bool ``[32, 32]`` indexed ``[x, y]``; ``last_action``:
+int64 ``[B, N]`` (-1 = none yet).
 """
 from __future__ import annotations
 
@@ -94,11 +96,14 @@ def _pathable(pathing, cx, cy):
 
 
 @numba.njit(cache=True)
-def build_avail_actions(x, y, health, pathing, n_agents, move_amount, out):
+def build_avail_actions(x, y, health, pathing, n_agents, move_amount, healer, out):
     """SMAC's ``get_avail_agent_actions`` for every agent: ``out`` int32 ``[B, N, 6 + E]``.
 
     Dead agents may only no-op. Alive agents may stop, move where the cell half a move away is in bounds
-    and pathable, and attack alive enemies within ``SHOOT_RANGE`` (centre to centre, inclusive).
+    and pathable, and attack alive enemies within ``SHOOT_RANGE`` (centre to centre, inclusive). A healer
+    instead heals: action ``6 + j`` for each alive agent ``j`` that is not a healer (so never itself)
+    within ``SHOOT_RANGE``; SMAC checks neither the ally's health nor whether an attacker's weapon can hit
+    the enemy (a marauder may "attack" a medivac).
     """
     n_envs = x.shape[0]
     n_units = x.shape[1]
@@ -116,6 +121,12 @@ def build_avail_actions(x, y, health, pathing, n_agents, move_amount, out):
             out[b, i, 3] = _pathable(pathing, int(px), int(py - half))
             out[b, i, 4] = _pathable(pathing, int(px + half), int(py))
             out[b, i, 5] = _pathable(pathing, int(px - half), int(py))
+            if healer[i]:
+                for j in range(n_agents):
+                    if not healer[j] and health[b, j] > 0:
+                        if np.hypot(x[b, j] - px, y[b, j] - py) <= SHOOT_RANGE:
+                            out[b, i, N_ACTIONS_NO_ATTACK + j] = 1
+                continue
             for e in range(n_agents, n_units):
                 if health[b, e] > 0:
                     if np.hypot(x[b, e] - px, y[b, e] - py) <= SHOOT_RANGE:
@@ -151,7 +162,8 @@ def build_obs(x, y, health, shield, health_max, shield_max, type_col, avail, pat
     """SMAC's ``get_obs_agent`` for every agent: ``out`` float32 ``[B, N, obs_vector_len]``.
 
     ``avail`` is ``build_avail_actions``' output for the same situation (SMAC derives the move and
-    attack-availability features from the action mask).
+    attack-availability features from the action mask; for a healer that makes enemy ``e``'s first feature
+    whether it may heal *ally* ``e``, a quirk of SMAC's kept here).
     """
     n_envs = x.shape[0]
     n_units = x.shape[1]
@@ -222,11 +234,14 @@ def build_obs(x, y, health, shield, health_max, shield_max, type_col, avail, pat
 
 
 @numba.njit(cache=True)
-def build_state(x, y, health, shield, cooldown, health_max, shield_max, max_cooldown, type_col,
-                last_action, episode_steps, episode_limit, n_agents, n_actions, type_bits,
+def build_state(x, y, health, shield, cooldown, energy, health_max, shield_max, max_cooldown, healer,
+                type_col, last_action, episode_steps, episode_limit, n_agents, n_actions, type_bits,
                 shield_bits_ally, shield_bits_enemy, state_last_action, state_timestep_number,
                 map_x, map_y, max_distance_x, max_distance_y, out):
-    """SMAC's ``get_state``: ``out`` float32 ``[B, state_size]`` (not for ``obs_instead_of_state``)."""
+    """SMAC's ``get_state``: ``out`` float32 ``[B, state_size]`` (not for ``obs_instead_of_state``).
+
+    An ally's second feature is ``cooldown / max_cooldown``, a healer's ``energy / max_cooldown`` (SMAC's
+    ``unit_max_cooldown`` is 200 for medivacs, their ``EnergyMax``)."""
     n_envs = x.shape[0]
     n_units = x.shape[1]
     n_enemies = n_units - n_agents
@@ -241,7 +256,7 @@ def build_state(x, y, health, shield, cooldown, health_max, shield_max, max_cool
                 continue
             o = i * nf_al
             out[b, o] = health[b, i] / health_max[i]
-            out[b, o + 1] = cooldown[b, i] / max_cooldown[i]
+            out[b, o + 1] = (energy[b, i] if healer[i] else cooldown[b, i]) / max_cooldown[i]
             out[b, o + 2] = (x[b, i] - cx) / max_distance_x
             out[b, o + 3] = (y[b, i] - cy) / max_distance_y
             if shield_bits_ally > 0:

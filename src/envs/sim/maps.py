@@ -18,9 +18,13 @@ ENEMY_SPAWN = (23.0, 16.0)
 
 # One-hot unit-type index per SMAC ``map_type``. Allies use consecutive RL unit ids counted from the
 # smallest; enemies use stock ids, which SMAC offsets so that in "stalkers_and_zealots" the zealot comes
-# first: the enemy order is swapped relative to the allies (SMAC's own code comments say so).
-_ALLY_TYPE_INDEX = {"stalkers_and_zealots": {"stalker": 0, "zealot": 1}}
-_ENEMY_TYPE_INDEX = {"stalkers_and_zealots": {"zealot": 0, "stalker": 1}}
+# first: the enemy order is swapped relative to the allies (SMAC's own code comments say so). In "MMM"
+# both sides read marauder 0, marine 1, medivac 2 (SMAC's ``_init_ally_unit_types`` and
+# ``get_unit_type_id``: stock ids marauder 51 -> 0, marine 48 -> 1, anything else -> 2).
+_ALLY_TYPE_INDEX = {"stalkers_and_zealots": {"stalker": 0, "zealot": 1},
+                    "MMM": {"marauder": 0, "marine": 1, "medivac": 2}}
+_ENEMY_TYPE_INDEX = {"stalkers_and_zealots": {"zealot": 0, "stalker": 1},
+                     "MMM": {"marauder": 0, "marine": 1, "medivac": 2}}
 
 
 def _strip_terrain() -> np.ndarray:
@@ -101,6 +105,13 @@ _register("3s5z_vs_3s6z", [("stalker", 3), ("zealot", 5)], [("stalker", 3), ("ze
 _register("3s_vs_3z", [("stalker", 3)], [("zealot", 3)], 150, "P", "P", 0, "stalkers", "open")
 _register("3s_vs_4z", [("stalker", 3)], [("zealot", 4)], 200, "P", "P", 0, "stalkers", "open")
 _register("3s_vs_5z", [("stalker", 3)], [("zealot", 5)], 250, "P", "P", 0, "stalkers", "open")
+# MMM maps (``smac_maps.py``): agents are listed in SMAC's unit-type order (marauders, marines, medivac);
+# the enemies in the same order (SMAC lists them in SC2's observation order, which the map does not fix).
+# Terrain: SMAClite's MMM/MMM2 use its "SIMPLE" preset, the BraxisAlpha strip (spec §5 for 5m_vs_6m).
+_register("MMM", [("marauder", 2), ("marine", 7), ("medivac", 1)],
+          [("marauder", 2), ("marine", 7), ("medivac", 1)], 150, "T", "T", 3, "MMM", "strip")
+_register("MMM2", [("marauder", 2), ("marine", 7), ("medivac", 1)],
+          [("marauder", 3), ("marine", 8), ("medivac", 1)], 180, "T", "T", 3, "MMM", "strip")
 
 
 def get_scenario(map_name: str) -> Scenario:
@@ -108,5 +119,5 @@ def get_scenario(map_name: str) -> Scenario:
     if map_name not in SCENARIOS:
         raise ValueError(
             f"Unknown map {map_name!r}. The embedded simulator offers: {', '.join(sorted(SCENARIOS))}. "
-            "(MMM/MMM2 need medivac healing and are left out; use backend=starcraft2 for other maps.)")
+            "Use backend=starcraft2 (the real game) for other SMAC maps.")
     return SCENARIOS[map_name]

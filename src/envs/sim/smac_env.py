@@ -13,8 +13,9 @@ class StarCraft2Env(MultiAgentEnv):
     """Drop-in for ``smac.env.StarCraft2Env`` on the embedded simulator.
 
     Takes SMAC's keyword arguments (``map_name``, ``step_mul``, ``obs_*``, ``state_*``, ``reward_*``,
-    ``continuing_episode``, ``seed``, ``replay_dir``, ...) and returns the same values SMAC returns for
-    the same unit situation. Every episode is recorded so that ``save_replay()`` can draw it.
+    ``continuing_episode``, ``heuristic_ai``, ``heuristic_rest``, ``seed``, ``replay_dir``, ...) and returns
+    the same values SMAC returns for the same unit situation. Every episode is recorded so that
+    ``save_replay()`` can draw it.
     """
 
     def __init__(self, map_name: str = "8m", seed: int | None = None, **smac_kwargs):
@@ -47,6 +48,11 @@ class StarCraft2Env(MultiAgentEnv):
         return self.get_obs(), self.get_state()
 
     def step(self, actions) -> tuple[float, bool, dict]:
+        """One step with one action per agent; returns ``(reward, terminated, info)`` as SMAC does.
+
+        With ``heuristic_ai`` SMAC's scripted agents act instead, and, as in SMAC, their actions are
+        written back into ``actions`` when it can be assigned to (a list, an array, a tensor).
+        """
         if self._batch.terminated[0]:
             raise RuntimeError("The episode has terminated; call reset() before stepping again.")
         acts = np.asarray(actions)
@@ -54,6 +60,9 @@ class StarCraft2Env(MultiAgentEnv):
             raise ValueError(f"actions must be a sequence of {self.n_agents} action ids, one per agent, "
                              f"got shape {acts.shape}.")
         reward, terminated, info = self._batch.step(acts[None])
+        if self._batch.heuristic is not None and hasattr(actions, "__setitem__"):
+            for i, a in enumerate(info["actions"][0]):
+                actions[i] = int(a)
         out = {"battle_won": bool(info["battle_won"][0]), "dead_allies": int(info["dead_allies"][0]),
                "dead_enemies": int(info["dead_enemies"][0])}
         if self.continuing_episode and info["episode_limit"][0]:
