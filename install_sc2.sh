@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Install real StarCraft II (Linux build 4.10), the SMAC maps and the Python packages for the
-# `starcraft2` backend. Safe to run again: whatever is already in place is kept.
+# `starcraft2` backend. Safe to run again: whatever is already in place is kept, and an install that was
+# interrupted (no executable game in the newest Versions/Base<build>) is completed.
 #
 #   bash install_sc2.sh                  # game in $SC2PATH (default ~/StarCraftII), packages into `python`
 #   SC2PATH=/data/StarCraftII PYTHON=.venv/bin/python bash install_sc2.sh
+#   SC2_VERSION=4.6.2.69232 bash install_sc2.sh   # the version SMAC's published results used
 #
 # Downloading the game means accepting Blizzard's AI and Machine Learning License
 # (https://blzdistsc2-a.akamaihd.net/AI_AND_MACHINE_LEARNING_LICENSE.html); the archive's password
 # "iagreetotheeula" records that agreement.
 set -euo pipefail
 
-SC2_VERSION="4.10"
+SC2_VERSION="${SC2_VERSION:-4.10}"      # Blizzard's Linux package name: 4.10, or e.g. 4.6.2.69232
 SC2_URL="https://blzdistsc2-a.akamaihd.net/Linux/SC2.${SC2_VERSION}.zip"
 SC2_ZIP_PASSWORD="iagreetotheeula"
 MAPS_URL="https://github.com/oxwhirl/smac/releases/download/v0.1-beta1/SMAC_Maps.zip"
@@ -50,18 +52,33 @@ download() {
   fi
 }
 
-# 1. The game.
-if [[ -d "$SC2PATH/Versions" ]]; then
+# Whether $1 holds a complete game: the newest Versions/Base<build> has the executable SC2_x64, which
+# is what pysc2 launches (the same check as src/envs/starcraft2_backend.py).
+game_complete() {
+  local build
+  build=$(ls "$1/Versions" 2>/dev/null | sed -n 's/^Base\([0-9][0-9]*\)$/\1/p' | sort -n | tail -n 1)
+  [[ -n "$build" && -x "$1/Versions/Base$build/SC2_x64" ]]
+}
+
+# 1. The game. Unpacked beside $SC2PATH and moved into place in one step when $SC2PATH does not exist
+# yet, so that an interrupted install never looks complete.
+if game_complete "$SC2PATH"; then
   say "StarCraft II is already installed in $SC2PATH"
 else
+  [[ -d "$SC2PATH/Versions" ]] && say "the StarCraft II install in $SC2PATH is incomplete (interrupted?): installing it again"
   download "$SC2_URL" "SC2.${SC2_VERSION}.zip"
   say "unpacking StarCraft II ${SC2_VERSION} into $SC2PATH (about 7 GB)"
   staging="$DOWNLOADS/unpacked"
   rm -rf "$staging"
   unzip -q -P "$SC2_ZIP_PASSWORD" "$DOWNLOADS/SC2.${SC2_VERSION}.zip" -d "$staging"
-  [[ -d "$staging/StarCraftII/Versions" ]] || die "the archive did not contain StarCraftII/Versions; delete $DOWNLOADS and run again"
-  mkdir -p "$SC2PATH"
-  cp -a "$staging/StarCraftII/." "$SC2PATH/"
+  game_complete "$staging/StarCraftII" || die "the archive did not contain StarCraftII/Versions/Base<build>/SC2_x64; delete $DOWNLOADS and run again"
+  if [[ -e "$SC2PATH" ]]; then
+    cp -a "$staging/StarCraftII/." "$SC2PATH/"
+  else
+    mkdir -p "$(dirname "$SC2PATH")"
+    mv "$staging/StarCraftII" "$SC2PATH"
+  fi
+  game_complete "$SC2PATH" || die "copying the game into $SC2PATH failed (disk full?); free space and run again"
   rm -rf "$staging" "$DOWNLOADS/SC2.${SC2_VERSION}.zip" "$DOWNLOADS/SC2.${SC2_VERSION}.zip.complete"
 fi
 
@@ -92,3 +109,4 @@ if [[ "$SC2PATH" != "$HOME/StarCraftII" ]]; then
   say "this is not the default location: export SC2PATH=$SC2PATH before training"
 fi
 say "env_args.backend=auto now picks real StarCraft II; force it with env_args.backend=starcraft2"
+say "games at once: env_args.max_concurrent_games (0 = from this machine's cores and memory)"

@@ -340,7 +340,7 @@ def run_rollout(team: Team, n_episodes: int, sampling: str, epsilon: float | Non
     start = time.time()
     n_calls = math.ceil(n_episodes / b)
     try:
-        runner = EpisodeRunner(env, mac, team.cfg, device)
+        runner = EpisodeRunner(env, mac, team.cfg, device, n_episodes=b)  # real StarCraft II may hold fewer games
         for call in range(n_calls):
             batch, stats = runner.run(test_mode=False, t_env=0)
             lo, hi = call * b, min((call + 1) * b, n_episodes)

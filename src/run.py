@@ -44,6 +44,7 @@ import runners
 from components.demonstrations import DemonstrationError, stored_checksum
 from config.loader import Config, ConfigError
 from envs.multiagentenv import BatchedMultiAgentEnv
+from envs.subprocess_env import SubprocessBatchedEnv
 from utils.checkpoint import (CheckpointError, capture_rng_state, find_checkpoint, load_checkpoint,
                               restore_rng_state, save_checkpoint)
 from utils.cpu_runtime import configure_cpu
@@ -254,21 +255,33 @@ def warm_up_simulator(cfg: Config, console: logging.Logger) -> None:
         console.info("Loaded the simulator's kernels from the cache in %.1f s (nothing needed compiling).", elapsed)
 
 
+def runs_in_processes(env: BatchedMultiAgentEnv) -> bool:
+    """Whether ``env`` runs one process per environment (real StarCraft II): such environments are costly,
+    so a run plays its test episodes on its training environments instead of keeping more of them."""
+    return isinstance(env, SubprocessBatchedEnv)
+
+
 def build_envs(cfg: Config, replay_dir: str | None) -> tuple[BatchedMultiAgentEnv | None, BatchedMultiAgentEnv]:
-    """The test env (``test_nepisode`` environments, a seed derived from ``cfg.seed``; with a
-    ``replay_dir`` it records episodes for ``save_replay``) and, unless ``evaluate``, the training env
-    (``batch_size_run`` environments, seed ``cfg.seed``). Returns ``(train_env or None, test_env)``."""
+    """The training env (``batch_size_run`` environments, seed ``cfg.seed``; none with ``evaluate``) and the
+    test env (``test_nepisode`` environments, a seed derived from ``cfg.seed``; with a ``replay_dir`` it
+    records episodes for ``save_replay``). Returns ``(train_env or None, test_env)``.
+
+    Environments that run in processes (real StarCraft II) may be fewer than asked for (the game cap,
+    ``env_args.max_concurrent_games``), and a training run plays its test episodes on its training games,
+    as PyMARL does (the same env is returned twice); the runners play the episodes in waves."""
     make_env = envs.REGISTRY[cfg.env]
-    test_kwargs = dict(cfg.env_args)
-    if replay_dir is not None:
-        test_kwargs.update(record_replay=True, replay_dir=replay_dir)
-    test_env = make_env(n_envs=cfg.test_nepisode, seed=test_env_seed(cfg.seed), **test_kwargs)
     if cfg.evaluate:
-        return None, test_env
+        test_kwargs = dict(cfg.env_args)
+        if replay_dir is not None:
+            test_kwargs.update(record_replay=True, replay_dir=replay_dir)
+        return None, make_env(n_envs=cfg.test_nepisode, seed=test_env_seed(cfg.seed), **test_kwargs)
+    train_env = make_env(n_envs=cfg.batch_size_run, seed=cfg.seed, **cfg.env_args)
+    if runs_in_processes(train_env):
+        return train_env, train_env
     try:
-        train_env = make_env(n_envs=cfg.batch_size_run, seed=cfg.seed, **cfg.env_args)
+        test_env = make_env(n_envs=cfg.test_nepisode, seed=test_env_seed(cfg.seed), **cfg.env_args)
     except BaseException:
-        test_env.close()
+        train_env.close()
         raise
     return train_env, test_env
 
@@ -281,13 +294,33 @@ def build_components(cfg: Config, train_env: BatchedMultiAgentEnv | None, test_e
     learner = learners.REGISTRY[cfg.learner](mac, env_info, cfg, device)
     runner_cls = runners.REGISTRY[cfg.runner]
     train_runner = None if train_env is None else runner_cls(
-        train_env, mac, cfg, device, record_agent_outputs=learner.trains_on_agent_outputs)
+        train_env, mac, cfg, device, record_agent_outputs=learner.trains_on_agent_outputs,
+        n_episodes=cfg.batch_size_run)
     return Components(train_env=train_env, test_env=test_env, env_info=env_info, mac=mac, learner=learner,
-                      train_runner=train_runner, test_runner=runner_cls(test_env, mac, cfg, device))
+                      train_runner=train_runner,
+                      test_runner=runner_cls(test_env, mac, cfg, device, n_episodes=cfg.test_nepisode))
+
+
+def checkpoint_backend(ckpt: dict) -> str:
+    """The environment backend a checkpoint's run played on: its saved ``env_args.backend`` (the config
+    checks resolve ``auto``); for a config set up without those checks that kept ``auto``, the backend whose
+    environment state it saved (only the simulator's engine saves ``env_seeds``)."""
+    backend = ckpt["config"].get("env_args", {}).get("backend", "auto")
+    if backend != "auto":
+        return backend
+    return "sim" if "env_seeds" in ckpt.get("test_env", {}) else "starcraft2"
 
 
 def _check_compatible(ckpt: dict, path: str, cfg: Config, parts: Components, resume: bool) -> None:
     saved_cfg, saved_info = ckpt["config"], ckpt["env_info"]
+    saved_backend, backend = checkpoint_backend(ckpt), parts.test_env.backend_name
+    if resume and saved_backend != backend:
+        raise CheckpointError(
+            f"Checkpoint {path} was trained on {BACKEND_DESCRIPTIONS.get(saved_backend, saved_backend)} "
+            f"(env_args.backend={saved_backend}), but this run's environments are "
+            f"{BACKEND_DESCRIPTIONS.get(backend, backend)} (backend={backend}). A resumed run continues on the "
+            f"backend it was trained on: resume it with env_args.backend={saved_backend}, or evaluate its agents "
+            f"here with evaluate=True env_args.backend={backend}.")
     for key in ENV_INFO_KEYS:
         if saved_info[key] != parts.env_info[key]:
             raise CheckpointError(
@@ -315,8 +348,29 @@ def _restore(ckpt: dict, path: str, cfg: Config, parts: Components, resume: bool
         raise CheckpointError(f"The learner state in {path} does not fit this run's learner ({exc}). The model "
                               "settings (agent, hidden_dim, ...) must match the checkpoint's config.") from None
     if resume:
-        parts.train_env.load_state_dict(ckpt["train_env"])
-        parts.test_env.load_state_dict(ckpt["test_env"])
+        try:
+            parts.train_env.load_state_dict(ckpt["train_env"])
+            parts.test_env.load_state_dict(ckpt["test_env"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"The environment state in {path} does not fit this run's environments ({exc}); "
+                                  "a resumed run needs the environments it was trained on (backend, "
+                                  "batch_size_run, test_nepisode).") from None
+
+
+def describe_envs(parts: Components) -> str:
+    """How many environments the run holds and how its episodes are played on them, for the console."""
+    def played(runner, what: str) -> str:
+        how = "at once" if runner.n_waves == 1 else f"in {runner.n_waves} waves"
+        return f"{runner.n_episodes} {what} episodes {how}"
+
+    if parts.train_env is not None and parts.train_env is not parts.test_env:
+        text = f"{parts.train_env.n_envs} training + {parts.test_env.n_envs} test environments"
+    else:
+        plays = [played(runner, what) for runner, what in ((parts.train_runner, "training"),
+                                                            (parts.test_runner, "test")) if runner is not None]
+        text = f"{parts.test_env.n_envs} environments: {' and '.join(plays)}"
+    budget = getattr(parts.test_env, "game_budget", None)
+    return text if budget is None else f"{text} | {budget.describe()}"
 
 
 def _sacred_run_dir(_run) -> str | None:
@@ -329,6 +383,13 @@ def _sacred_run_dir(_run) -> str | None:
 
 def _format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+def _log_game_restarts(env: BatchedMultiAgentEnv, logger: Logger, t_env: int) -> None:
+    """Real StarCraft II: log ``game_restarts``, how many games SMAC had to relaunch after a crash so far
+    (the sum of its ``restarts`` over the games; counted from this process's start)."""
+    if runs_in_processes(env):
+        logger.log_stat("game_restarts", env.get_stats().get("restarts", 0), t_env)
 
 
 def _test(parts: Components, logger: Logger, t_env: int) -> dict[str, float]:
@@ -440,6 +501,7 @@ class _Trainer:
         for key, value in self.pending.reduce().items():
             self.logger.log_stat(key, value, s.t_env)
         self.logger.log_stat("episode", s.episode, s.t_env)
+        _log_game_restarts(self.parts.train_env, self.logger, s.t_env)
 
     def stop(self, signum: int, run_info: dict) -> None:
         """Stop between iterations on a signal: checkpoint the state as it is (unless this iteration already
@@ -584,12 +646,11 @@ def prepare_run(cfg: Config, console: logging.Logger, *, checkpoint: dict | None
         replay_dir = (cfg.env_args["replay_dir"] or dirs["replays"]) if cfg.save_replay else None
         train_env, test_env = build_envs(cfg, replay_dir)
         backend = test_env.backend_name
-        n_train = 0 if train_env is None else train_env.n_envs
-        console.info("Environment backend: %s (%s) | env %s, map %s | %d training + %d test environments",
-                     backend, BACKEND_DESCRIPTIONS.get(backend, "custom backend"), cfg.env, map_label(cfg),
-                     n_train, test_env.n_envs)
         device = select_device(cfg.use_cuda, console)
         parts = build_components(cfg, train_env, test_env, device)
+        console.info("Environment backend: %s (%s) | env %s, map %s | %s", backend,
+                     BACKEND_DESCRIPTIONS.get(backend, "custom backend"), cfg.env, map_label(cfg),
+                     describe_envs(parts))
         if checkpoint is not None:
             _restore(checkpoint, checkpoint_path, cfg, parts, resume=resume)
         extra = {"command": dict(command or {}), "data_checksums": {}}
@@ -668,10 +729,12 @@ def _evaluate(cfg: Config, parts: Components, logger: Logger, ckpt: dict | None,
     else:
         logger.console.warning("evaluate=True without checkpoint_path: evaluating untrained agents.")
     means = _test(parts, logger, t_env)
+    _log_game_restarts(parts.test_env, logger, t_env)
     logger.print_recent_stats(f"Evaluation | {cfg.test_nepisode} episodes | t_env: {t_env}")
     result: dict[str, Any] = {"t_env": t_env, **means}
     if cfg.save_replay:
-        paths = parts.test_env.save_replay(list(range(cfg.replay_nepisode)))
+        # one replay per environment: a real StarCraft II game's replay holds every episode it played
+        paths = parts.test_env.save_replay(list(range(min(cfg.replay_nepisode, parts.test_env.n_envs))))
         logger.console.info("Saved %d replay(s): %s", len(paths), ", ".join(paths))
         result["replays"] = list(paths)
     return result

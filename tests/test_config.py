@@ -187,7 +187,7 @@ def test_real_configs_resolve():
 @pytest.mark.parametrize("overrides, message", [
     ({"env_args.map_name": "4m"}, r"Unknown map '4m'\. The embedded simulator offers: .*3m"),
     ({"env_args.backend": "simulator"}, r"Unknown env_args.backend 'simulator'.*Valid backends: auto, sim, starcraft2"),
-    ({"env_args.backend": "sim", "env_args.heuristic_ai": True}, r"heuristic_ai=True is not supported"),
+    ({"env_args.backend": "sim", "env_args.obs_terrain_height": True}, r"obs_terrain_height=True is not supported"),
     ({"learner": "ipo"}, r"Unknown learner 'ipo'.*Did you mean 'ippo'.*Registered in learners.REGISTRY"),
     ({"env": "sc3"}, r"Unknown env 'sc3'.*Did you mean 'sc2'"),
     ({"agent": "lnrnn"}, r"Unknown agent 'lnrnn'.*Did you mean 'ln_rnn'.*modules.agents.REGISTRY"),

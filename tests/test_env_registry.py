@@ -1,14 +1,14 @@
 """The env registry and its backend choice (embedded simulator or real StarCraft II through SMAC).
 
-StarCraft II cannot run here, so the real-game path is exercised with a stand-in: a fake ``smac`` package
-whose ``StarCraft2Env`` is the simulator's SMAC-API class, plus a fake game directory (``SC2PATH``) holding
-a ``Versions`` folder and the map file. Everything from backend detection to the worker processes,
-per-env seeds and replay paths is then the code a real installation runs.
+StarCraft II cannot run here, so the real-game path is exercised with a stand-in (``tests/sc2_standin.py``):
+a fake ``smac`` package whose ``StarCraft2Env`` plays the simulator's battles the way SMAC and pysc2 do,
+plus a fake game directory (``SC2PATH``) holding the game's executable and the map file. Everything from
+backend detection to the worker processes, per-env seeds and replay paths is then the code a real
+installation runs.
 """
 import logging
 import os
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -16,57 +16,7 @@ import pytest
 import envs
 from envs import REGISTRY, sim
 from envs.subprocess_env import SubprocessBatchedEnv
-
-FAKE_SMAC_ENV = textwrap.dedent('''
-    import os
-    import time
-
-    from envs.sim import StarCraft2Env as _SimulatorEnv
-
-
-    class StarCraft2Env(_SimulatorEnv):
-        """Stand-in for SMAC's class. Like SMAC through pysc2, save_replay() writes
-        "<replay_prefix> <time>.SC2Replay" into replay_dir and returns nothing."""
-
-        def save_replay(self):
-            drawn = super().save_replay()
-            name = f"{self.batch.replay_prefix} {time.strftime('%Y-%m-%dT%H-%M-%S')}.SC2Replay"
-            os.replace(drawn, os.path.join(os.path.dirname(drawn), name))
-''')
-
-
-@pytest.fixture
-def no_smac_modules():
-    """Forget any (fake) ``smac`` module imported during the test."""
-    yield
-    for name in [m for m in sys.modules if m == "smac" or m.startswith("smac.")]:
-        del sys.modules[name]
-
-
-@pytest.fixture
-def game_dir(tmp_path, monkeypatch):
-    """An empty directory as SC2PATH: StarCraft II is not installed."""
-    root = tmp_path / "StarCraftII"
-    root.mkdir()
-    monkeypatch.setenv("SC2PATH", str(root))
-    return root
-
-
-def install_fake_game(root, maps=("3m",)):
-    (root / "Versions").mkdir()
-    (root / "Maps" / "SMAC_Maps").mkdir(parents=True)
-    for name in maps:
-        (root / "Maps" / "SMAC_Maps" / f"{name}.SC2Map").write_bytes(b"")
-
-
-def install_fake_smac(site, monkeypatch, with_env=True):
-    package = site / "smac"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    if with_env:
-        (package / "env").mkdir()
-        (package / "env" / "__init__.py").write_text(FAKE_SMAC_ENV)
-    monkeypatch.syspath_prepend(str(site))
+from sc2_standin import game_dir, install_fake_game, install_fake_smac, no_smac_modules  # noqa: F401 (fixtures)
 
 
 def test_sim_backend_builds_the_batched_simulator(game_dir):
@@ -114,7 +64,8 @@ def test_auto_uses_starcraft2_through_smac_when_installed(tmp_path, game_dir, mo
     install_fake_smac(tmp_path / "site", monkeypatch)
     install_fake_game(game_dir)
     replays = tmp_path / "replays"
-    env = REGISTRY["sc2"](n_envs=2, seed=10, map_name="3m", record_replay=True, replay_dir=str(replays))
+    env = REGISTRY["sc2"](n_envs=2, seed=10, map_name="3m", record_replay=True, replay_dir=str(replays),
+                          max_concurrent_games=2)
     try:
         assert isinstance(env, SubprocessBatchedEnv) and env.backend_name == "starcraft2"
         assert env.state_dict()["seeds"] == [10, 11]  # env b is seeded seed + b, as in PyMARL
@@ -131,7 +82,7 @@ def test_auto_uses_starcraft2_through_smac_when_installed(tmp_path, game_dir, mo
                 break
         paths = env.save_replay([1])  # found in replay_dir although SMAC's save_replay returns nothing
         assert len(paths) == 1 and os.path.dirname(paths[0]) == str(replays)
-        assert os.path.basename(paths[0]).startswith("3m_env1 ") and paths[0].endswith(".SC2Replay")
+        assert os.path.basename(paths[0]).startswith("3m_env1_") and paths[0].endswith(".SC2Replay")
     finally:
         env.close()
 

@@ -155,7 +155,7 @@ def fake_trainer(monkeypatch, runner, clock, **overrides):
     monkeypatch.setattr(run_module, "time", types.SimpleNamespace(time=clock.time, perf_counter=time.perf_counter))
     cfg = load_config("ippo", "sc2", {"seed": 1, "t_max": 10000, "log_interval": 5000, "test_interval": 100000,
                                       **overrides}, check_components=False)
-    parts = types.SimpleNamespace(train_runner=runner, test_runner=runner, env_info={},
+    parts = types.SimpleNamespace(train_runner=runner, test_runner=runner, train_env=None, env_info={},
                                   learner=types.SimpleNamespace(train=lambda batch, t_env, episode: {}))
     logger = Logger(logging.getLogger("dm2-test-trainer"))
     return run_module._Trainer(cfg, parts, logger, run_module.LoopState.start(cfg), None, None)

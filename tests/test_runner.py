@@ -143,3 +143,19 @@ def test_same_seed_gives_identical_training(alg):
     assert results[0][0] == results[1][0]
     for k, v in results[0][1].items():
         assert torch.equal(v, results[1][1][k]), k
+
+
+def test_runner_records_the_scripted_actions_under_heuristic_ai():
+    """With SMAC's ``heuristic_ai`` the env's scripted agents act, not the policy: the batch holds the
+    actions they took (SMAC's heuristic attacks, ``6 + enemy``, also when the enemy is beyond the shoot
+    range and the attack order makes the unit walk there, so not every one is an available action)."""
+    import envs
+
+    cfg, *_ = build("ippo", map_name="3m")
+    env = envs.REGISTRY["sc2"](n_envs=4, seed=5, **{**cfg.env_args, "heuristic_ai": True})
+    _, env, _, _, runner = build("ippo", env=env, map_name="3m")
+    batch, stats = runner.run(test_mode=False, t_env=0)
+    assert batch.actions.shape == (4, batch.max_t, 3) and stats["ep_length"].sum() == stats["env_steps"]
+    alive = batch.filled.bool().unsqueeze(-1) & batch.obs[:, :-1].ne(0).any(-1)   # alive agents' real steps
+    assert batch.actions[alive].ge(6).all(), "the recorded actions are the policy's, not the scripted attacks"
+    env.close()

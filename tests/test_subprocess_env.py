@@ -1,44 +1,62 @@
 """SubprocessBatchedEnv: the batched contract over MultiAgentEnvs running in worker processes.
 
 Two kinds of environment run in the workers: a small counting env defined here (exact expectations for
-timeouts, missing info keys, stats, replays, state round trips and failures) and the embedded simulator's
-single-environment ``StarCraft2Env``, compared value for value with the simulator's batched engine
-stepping the same seeds and actions.
+timeouts, missing info keys, stats, replays, state round trips, failures, and the game processes of real
+StarCraft II) and the embedded simulator's single-environment ``StarCraft2Env``, compared value for value
+with the simulator's batched engine stepping the same seeds and actions.
 """
 import functools
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
 
-from envs import sim
+from envs import sim, subprocess_env
 from envs.multiagentenv import MultiAgentEnv
 from envs.subprocess_env import EnvWorkerError, SubprocessBatchedEnv
+from sc2_standin import process_gone
+
+needs_process_groups = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                          reason="process groups and /proc: Linux")
 
 
 class CountingEnv(MultiAgentEnv):
     """Two agents, three actions, one enemy; an episode's outcome is drawn from the env's own RNG.
 
     At reset a ``value`` in [0, 100) is drawn. Even values win at step 2, odd values time out at
-    ``episode_limit`` (info without ``episode_limit``, as SMAC without ``continuing_episode``).
+    ``episode_limit``; as in SMAC, ``info["episode_limit"]`` says so only with ``continuing_episode``.
     Action 1 is unavailable to agent 1. Agent 0 choosing action 2 triggers ``on_action_2``:
-    ``"raise"`` raises, ``"exit"`` kills the worker process.
+    ``"raise"`` raises, ``"exit"`` kills the worker process, ``"crash"`` is a game crash as SMAC reports
+    it (``(0, True, {})``), ``"hang"`` never answers. With ``game_dir`` the first reset launches a child
+    "game" process, as pysc2 does (a file ``<pid>.game`` in ``game_dir``), and ``close()`` stops it after
+    ``close_delay_s`` and writes ``<pid>.closed``.
     """
 
     N_AGENTS, N_ACTIONS, OBS, STATE = 2, 3, 3, 2
 
-    def __init__(self, seed=0, episode_limit=4, on_action_2=None, omit_dead=False, replay_dir=""):
+    def __init__(self, seed=0, episode_limit=4, on_action_2=None, omit_dead=False, replay_dir="",
+                 continuing_episode=False, game_dir=None, close_delay_s=0.0):
         self._seed = seed
         self.rng = np.random.default_rng(seed)
         self.episode_limit = episode_limit
         self.on_action_2 = on_action_2
         self.omit_dead = omit_dead
         self.replay_dir = replay_dir
+        self.continuing_episode = continuing_episode
+        self.game_dir, self.close_delay_s, self.game = game_dir, close_delay_s, None
         self.t = 0
         self.value = 0
         self.won = self.games = 0
 
     def reset(self):
+        if self.game_dir and self.game is None:
+            self.game = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            open(os.path.join(self.game_dir, f"{self.game.pid}.game"), "w").close()
         self.t = 0
         self.value = int(self.rng.integers(0, 100))
         return self.get_obs(), self.get_state()
@@ -48,6 +66,10 @@ class CountingEnv(MultiAgentEnv):
             raise ValueError(f"boom in env seeded {self._seed}")
         if actions[0] == 2 and self.on_action_2 == "exit":
             os._exit(3)
+        if actions[0] == 2 and self.on_action_2 == "crash":
+            return 0, True, {}
+        if actions[0] == 2 and self.on_action_2 == "hang":
+            time.sleep(600)
         self.t += 1
         reward = float(self.value + sum(actions))
         win = self.value % 2 == 0 and self.t == 2
@@ -55,6 +77,8 @@ class CountingEnv(MultiAgentEnv):
         info = {"battle_won": win}
         if not self.omit_dead:
             info.update(dead_allies=0, dead_enemies=int(win))
+        if terminated and not win and self.continuing_episode:
+            info["episode_limit"] = True
         if terminated:
             self.games += 1
             self.won += int(win)
@@ -93,12 +117,16 @@ class CountingEnv(MultiAgentEnv):
         self.won, self.games = state["won"], state["games"]
 
     def close(self):
-        pass
+        if self.game is not None:
+            time.sleep(self.close_delay_s)
+            self.game.terminate()
+            self.game.wait()
+            open(os.path.join(self.game_dir, f"{self.game.pid}.closed"), "w").close()
 
 
-def counting_envs(seeds, start_method="fork", **kwargs):
+def counting_envs(seeds, start_method="fork", reply_timeout_s=None, **kwargs):
     return SubprocessBatchedEnv([functools.partial(CountingEnv, seed=s, **kwargs) for s in seeds],
-                                start_method=start_method)
+                                start_method=start_method, reply_timeout_s=reply_timeout_s)
 
 
 @pytest.fixture
@@ -141,8 +169,7 @@ def test_matches_in_process_envs_with_frozen_semantics(make):
                 assert reward[b] == r and terminated[b] == t
                 assert info["battle_won"][b] == i["battle_won"]
                 assert info["dead_enemies"][b] == i["dead_enemies"]
-                # derived: ended at the limit without a win
-                assert info["episode_limit"][b] == (t and not i["battle_won"])
+                assert not info["episode_limit"][b] and not info["crashed"][b]  # SMAC's default: terminal
                 done[b] |= t
             np.testing.assert_array_equal(env.get_obs(), np.stack([np.stack(e.get_obs()) for e in local]))
             np.testing.assert_array_equal(env.get_state(), np.stack([e.get_state() for e in local]))
@@ -169,19 +196,34 @@ def test_partial_reset_only_restarts_masked_envs(make):
         env.reset(np.array([1, 0, 1]))
 
 
-def test_missing_dead_counts_carry_over_and_timeout_is_derived(make):
-    env = make([1, 3], omit_dead=True)  # value parity decides: check both kinds of ending
+@pytest.mark.parametrize("continuing_episode", [False, True])
+def test_missing_dead_counts_carry_over_and_timeouts_are_the_envs_own(make, continuing_episode):
+    """A timeout is reported as ``episode_limit`` exactly when the env says so (SMAC: only with
+    ``continuing_episode``); it is not inferred from the step count."""
+    env = make([1, 4], omit_dead=True, continuing_episode=continuing_episode)  # values 47, 72: both endings
     env.reset()
     won = env.get_state()[:, 0] % 2 == 0
+    assert won.any() and not won.all()
     saw_end = np.zeros(2, dtype=bool)
     for _ in range(4):
         _, terminated, info = env.step(np.zeros((2, 2), dtype=np.int64))
         newly = terminated & ~saw_end
         np.testing.assert_array_equal(info["battle_won"][newly], won[newly])
-        np.testing.assert_array_equal(info["episode_limit"][newly], ~won[newly])
+        np.testing.assert_array_equal(info["episode_limit"][newly], ~won[newly] & continuing_episode)
         assert (info["dead_allies"] == 0).all() and (info["dead_enemies"] == 0).all()
         saw_end |= terminated
     assert saw_end.all()
+
+
+def test_a_game_crash_is_reported_as_such_not_as_a_loss(make):
+    env = make([5, 6], on_action_2="crash")
+    env.reset()
+    env.step(np.zeros((2, 2), dtype=np.int64))
+    actions = np.zeros((2, 2), dtype=np.int64)
+    actions[1, 0] = 2
+    reward, terminated, info = env.step(actions)
+    assert terminated[1] and reward[1] == 0 and info["crashed"].tolist() == [False, True]
+    assert not info["battle_won"][1] and not info["episode_limit"][1]
 
 
 def test_invalid_actions_are_rejected_before_any_env_steps(make):
@@ -299,6 +341,144 @@ def test_state_dict_continues_the_random_streams_exactly(make):
         make([7, 9]).load_state_dict(state)
     with pytest.raises(ValueError, match="holds 2 envs, this one has 3"):
         make([7, 8, 9]).load_state_dict(state)
+
+
+# ------------------------------------------------------------------ worker processes and their games
+
+def games(game_dir, suffix=".game") -> list[int]:
+    """The pids of the "games" launched (or, with suffix ".closed", closed by their env) in ``game_dir``."""
+    return sorted(int(name.split(".")[0]) for name in os.listdir(game_dir) if name.endswith(suffix))
+
+
+def all_gone(pids, within_s=5.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while not all(process_gone(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@needs_process_groups
+def test_each_worker_leads_a_process_group_holding_its_game(make, tmp_path):
+    """The terminal's Ctrl-C reaches only the parent (which decides when to stop), and a worker's game can be
+    stopped with its worker."""
+    env = make([1, 2], game_dir=str(tmp_path))
+    env.reset()
+    workers = [p.pid for p in env._processes]
+    assert [os.getpgid(pid) for pid in workers] == workers != [os.getpgid(0)] * 2
+    assert sorted(os.getpgid(pid) for pid in games(tmp_path)) == sorted(workers)
+
+
+@needs_process_groups
+def test_a_worker_killed_for_memory_takes_its_game_with_it(make, tmp_path):
+    env = make([1, 2], game_dir=str(tmp_path))
+    env.reset()
+    victim = env._processes[0].pid
+    game = next(pid for pid in games(tmp_path) if os.getpgid(pid) == victim)
+    os.kill(victim, signal.SIGKILL)  # what the kernel's out-of-memory killer does
+    with pytest.raises(EnvWorkerError, match=r"env 0 died \(killed by SIGKILL - the kernel's out-of-memory killer "
+                                             r"does this .* lower env_args.max_concurrent_games\)"):
+        env.step(np.zeros((2, 2), dtype=np.int64))
+    assert all_gone([game])
+    env.close()
+    assert all_gone(games(tmp_path))
+
+
+@needs_process_groups
+def test_a_hung_worker_times_out_and_is_stopped_with_its_game(tmp_path):
+    env = counting_envs([1, 2], game_dir=str(tmp_path), on_action_2="hang", reply_timeout_s=1.0)
+    try:
+        env.reset()
+        hung = env._processes[1].pid
+        actions = np.zeros((2, 2), dtype=np.int64)
+        actions[1, 0] = 2
+        start = time.monotonic()
+        with pytest.raises(EnvWorkerError, match=r"env 1 did not answer within 1 s while answering 'step': its "
+                                                 r"game is probably hung, so its worker process and game were stopped"):
+            env.step(actions)
+        assert time.monotonic() - start < 5
+        assert all_gone([hung] + [pid for pid in games(tmp_path) if not process_gone(pid) and
+                                  os.getpgid(pid) == hung])
+        assert env.get_state()[0, 1] == 1  # env 0 did step, and that was recorded
+    finally:
+        env.close()
+    assert all_gone(games(tmp_path))
+    with pytest.raises(ValueError, match="reply_timeout_s must be a positive number of seconds or None"):
+        counting_envs([1], reply_timeout_s=0)
+
+
+@needs_process_groups
+def test_close_lets_a_slow_game_quit_even_past_the_grace_period(tmp_path, monkeypatch):
+    """A worker still closing its game when close() loses patience is sent SIGTERM; it finishes closing
+    the game (it ignores SIGTERM while closing) before its process group is killed."""
+    monkeypatch.setattr(subprocess_env, "_CLOSE_GRACE_S", 0.2)
+    env = counting_envs([1, 2], game_dir=str(tmp_path), close_delay_s=1.5)
+    env.reset()
+    env.close()
+    assert games(tmp_path, ".closed") == games(tmp_path)
+    assert all_gone(games(tmp_path) + [p.pid for p in env._processes])
+
+
+@needs_process_groups
+def test_close_stops_a_game_that_never_quits(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess_env, "_CLOSE_GRACE_S", 0.2)
+    monkeypatch.setattr(subprocess_env, "_TERMINATE_GRACE_S", 0.2)
+    env = counting_envs([1, 2], game_dir=str(tmp_path), close_delay_s=600)
+    env.reset()
+    start = time.monotonic()
+    env.close()
+    assert time.monotonic() - start < 5
+    assert games(tmp_path, ".closed") == []
+    assert all_gone(games(tmp_path) + [p.pid for p in env._processes])
+
+
+def test_spawned_workers_do_not_run_the_main_script_again(tmp_path):
+    """multiprocessing's spawn runs the parent's ``__main__`` script again in every worker; for src/main.py
+    that means torch and Sacred in every game's worker. The workers do without it."""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    (tmp_path / "probe_env.py").write_text(textwrap.dedent('''
+        import sys
+
+        from envs.multiagentenv import MultiAgentEnv
+
+
+        class ProbeEnv(MultiAgentEnv):
+            """Reports, in its env_info, which heavy modules its worker process has imported."""
+
+            def get_env_info(self):
+                return {"n_agents": 1, "n_actions": 1, "obs_shape": 1, "state_shape": 1, "episode_limit": 1,
+                        "imported": sorted(m for m in ("torch", "sacred") if m in sys.modules)}
+
+            def close(self):
+                pass
+    '''))
+    (tmp_path / "script.py").write_text(textwrap.dedent(f'''
+        import sys
+        sys.path[:0] = [{src!r}, {str(tmp_path)!r}]
+        import sacred, torch  # as src/main.py does
+
+        from envs.subprocess_env import SubprocessBatchedEnv
+        from probe_env import ProbeEnv
+
+        if __name__ == "__main__":
+            env = SubprocessBatchedEnv([ProbeEnv, ProbeEnv], start_method="spawn")
+            print("worker imported:", env.get_env_info()["imported"])
+            env.close()
+    '''))
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "worker imported: []"
+
+
+def test_factories_from_the_main_script_are_refused_for_spawn():
+    def factory():
+        return CountingEnv()
+
+    factory.__module__ = "__main__"
+    with pytest.raises(ValueError, match="defined in the __main__ script, which worker processes do not import"):
+        SubprocessBatchedEnv([factory], start_method="spawn")
 
 
 # --------------------------------------------------------------------------- the simulator in workers

@@ -333,6 +333,7 @@ def _check_env_args(env_args: dict[str, Any], sources: Mapping[str, str]) -> Non
     map_name = env_args["map_name"]
     try:
         backend = envs.resolve_backend(env_args["backend"], map_name)
+        envs.check_max_concurrent_games(env_args.get("max_concurrent_games", 0))
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"env_args (backend set by {_source(sources, 'env_args.backend')}): {exc}") from None
     env_args["backend"] = backend
@@ -342,7 +343,7 @@ def _check_env_args(env_args: dict[str, Any], sources: Mapping[str, str]) -> Non
 
         try:
             get_scenario(map_name)
-            check_smac_kwargs({k: v for k, v in env_args.items() if k != "backend"})
+            check_smac_kwargs({k: v for k, v in env_args.items() if k not in envs.REGISTRY_ARGS})
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"Invalid env_args for the embedded simulator (backend=sim): {exc}") from None
 

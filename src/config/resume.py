@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from components.demonstrations import stored_checksum
 from config.loader import Config, ConfigError, available_configs, load_config
-from run import SETUP_ERRORS, map_label
+from run import SETUP_ERRORS, checkpoint_backend, map_label
 from utils.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
 DEFAULT_ENV_CONFIG = "sc2"
@@ -36,14 +36,18 @@ OVERRIDES_LABEL = "the command-line `with` updates"
 #: Keys a resumed run may set to another value than the run had: they change how long it runs, what it
 #: records and where, and on what hardware, not the experiment. (The greedy test episodes draw nothing from
 #: the training's random streams, so test and log intervals only move the test and report points;
-#: ``torch_threads`` and ``use_cuda`` can change the last bits, as threads and devices round differently.)
+#: ``torch_threads`` and ``use_cuda`` can change the last bits, as threads and devices round differently;
+#: ``env_args.max_concurrent_games`` only regroups real StarCraft II episodes into other waves.)
 #: Documented next to ``checkpoint_path`` in config/default.yaml; a test keeps the two lists equal.
 RESUME_CHANGEABLE = ("checkpoint_path", "load_step", "t_max", "test_interval", "log_interval", "save_model",
-                     "save_model_interval", "local_results_path", "use_tensorboard", "torch_threads", "use_cuda")
+                     "save_model_interval", "local_results_path", "use_tensorboard", "torch_threads", "use_cuda",
+                     "env_args.max_concurrent_games")
 #: Keys an evaluation (``evaluate=True`` with ``checkpoint_path``) may change: the above, plus the evaluation's
-#: own settings. Its greedy episodes come from the seed, so another ``seed`` evaluates on other episodes.
+#: own settings. Its greedy episodes come from the seed, so another ``seed`` evaluates on other episodes; it
+#: needs no environment state, so it may also run on another backend (a real-game run on the simulator).
 EVALUATE_CHANGEABLE = RESUME_CHANGEABLE + ("evaluate", "test_nepisode", "seed", "batch_size_run", "save_replay",
-                                           "replay_nepisode", "env_args.replay_dir", "env_args.replay_prefix")
+                                           "replay_nepisode", "env_args.replay_dir", "env_args.replay_prefix",
+                                           "env_args.backend")
 #: Data files that are part of the experiment: another path is accepted when the content is identical.
 DATA_KEYS = ("gail_data_path",)
 
@@ -229,6 +233,8 @@ def _resolve_from_checkpoint(config_name: str | None, env_config_name: str | Non
                                        f"{', '.join(added)}: they take their current values."))
     base = {key: value for key, value in saved.items() if key in declared}
     base.update(checkpoint_path=checkpoint_path, load_step=load_step)
+    if base.get("env_args.backend") == "auto":  # kept by a config set up without the checks: the one that ran
+        base["env_args.backend"] = checkpoint_backend(ckpt)
     base_label = f"the config saved in checkpoint {ckpt_file}"
     run_cfg = load_config(alg, env_config_name, base=base, base_label=base_label, check_components=False)
 

@@ -76,8 +76,10 @@ class BatchedMultiAgentEnv:
     * ``reset(env_mask=None)`` resets the environments where ``env_mask[b]`` is true (all if ``None``).
     * ``step(actions)`` takes an integer array ``[B, N]`` and returns
       ``(reward float32[B], terminated bool[B], info)`` where ``info`` maps ``battle_won``,
-      ``dead_allies``, ``dead_enemies`` and ``episode_limit`` (true when the episode ended by timeout)
-      to arrays ``[B]``. An environment whose episode has terminated is frozen until it is reset:
+      ``dead_allies``, ``dead_enemies`` and ``episode_limit`` to arrays ``[B]``. ``episode_limit`` follows
+      SMAC: true when the episode ended by timeout and timeouts are not terminal (``continuing_episode``;
+      runners then bootstrap), else false. Envs that run real games also report ``crashed`` (the episode
+      was cut short by a game crash). An environment whose episode has terminated is frozen until it is reset:
       its actions are ignored, its reward is 0 and it stays terminated.
     * ``get_obs()`` -> float32 ``[B, N, obs_size]``; ``get_state()`` -> float32 ``[B, state_size]``;
       ``get_avail_actions()`` -> int32 ``[B, N, A]``. Each call returns a fresh array.

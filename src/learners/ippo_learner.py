@@ -7,8 +7,9 @@ Per update, on the latest batch of whole episodes (on-policy):
    (``EpisodeBatch.agent_outputs``, ``agent_hidden_in``: the runner keeps what the acting policy
    computed, so no actor pass is repeated). One pass of every critic over the episodes (no gradient)
    gives the values ``V(o_t)`` of every position and the critics' GRU states.
-2. Generalised advantage estimation per agent (``gamma``, ``gae_lambda``; ``utils.returns.gae``) with
-   bootstrapping at time-limit ends; return targets ``R_t = A_t + V_t``. With ``use_value_norm`` the
+2. Generalised advantage estimation per agent (``gamma``, ``gae_lambda``; ``utils.returns.gae``),
+   bootstrapping where an episode was cut without terminating (a timeout with ``continuing_episode``;
+   without it a timeout is terminal, as in SMAC and PyMARL); return targets ``R_t = A_t + V_t``. With ``use_value_norm`` the
    critic predicts per-agent normalised returns (``components.value_norm``), denormalised for GAE.
 3. Advantages are normalised per agent over the batch's real (unpadded) transitions, whether the agent
    is alive or dead there, as in the reference.
