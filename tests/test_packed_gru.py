@@ -55,10 +55,12 @@ def test_packed_gru_matches_the_stacked_gru(lengths, t_len, n_grad):
         assert torch.count_nonzero(getattr(gru, name).grad[n_grad:]) == 0  # the dense loss only reads those stacks
 
 
+@pytest.mark.parametrize("n_fc", [1, 2, 3])
 @pytest.mark.parametrize("lengths,t_len", CASES[:2])
-def test_packed_q_with_target_is_both_networks_forward_and_only_the_online_backward(lengths, t_len):
+def test_packed_q_with_target_is_both_networks_forward_and_only_the_online_backward(lengths, t_len, n_fc):
+    """Also with more FC layers before the GRU (``agent_fc_layers``, the paper's Figure 4)."""
     torch.manual_seed(1)
-    cfg = types.SimpleNamespace(hidden_dim=H)
+    cfg = types.SimpleNamespace(hidden_dim=H, agent_fc_layers=n_fc)
     online, target = RNNAgent(K, IN, A, cfg).double(), RNNAgent(K, IN, A, cfg).double()
     m = len(lengths)
     x = torch.randn(K, t_len, m, IN, dtype=torch.float64)

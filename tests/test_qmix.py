@@ -156,6 +156,15 @@ def test_load_state_dict_rejects_foreign_state():
         learner.load_state_dict(ippo.state_dict())
 
 
+@pytest.mark.parametrize("bad, message", [(0, "agent_fc_layers=0: .*whole number >= 1"),
+                                          (-1, "agent_fc_layers=-1: .*whole number >= 1"),
+                                          (1.5, "'agent_fc_layers' .*must be an integer.*got float 1.5"),
+                                          ("2", "'agent_fc_layers' .*must be an integer.*got str '2'")])
+def test_agent_fc_layers_must_be_a_whole_number_of_layers(bad, message):
+    with pytest.raises(ValueError, match=message):
+        build("qmix", agent_fc_layers=bad)
+
+
 def test_learner_needs_the_fused_agent():
     with pytest.raises(ValueError, match="set agent=rnn"):
         build("qmix", agent="ln_rnn")
@@ -223,7 +232,8 @@ def _to_float64(batch: EpisodeBatch) -> EpisodeBatch:
 
 
 EQUIVALENCE_CASES = [{}, {"double_q": False}, {"td_lambda": 0.6}, {"agent_parameter_sharing": True},
-                     {"agent_parameter_sharing": True, "double_q": False, "td_lambda": 0.8}]
+                     {"agent_parameter_sharing": True, "double_q": False, "td_lambda": 0.8},
+                     {"agent_fc_layers": 2}]
 
 
 @pytest.mark.parametrize("overrides", EQUIVALENCE_CASES)
