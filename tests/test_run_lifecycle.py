@@ -46,9 +46,11 @@ def signal_after_reports(proc, sig, reports=2):
     return "".join(lines) + out, err
 
 
-def new_models_dir(cwd, before):
-    (token,) = set(os.listdir(cwd / "results" / "models")) - before
-    return cwd / "results" / "models" / token
+def new_models_dir(cwd, before, output: str = ""):
+    """The models folder a run just made (``output``: its stdout + stderr, shown if it made none)."""
+    made = set(os.listdir(cwd / "results" / "models")) - before
+    assert len(made) == 1, f"expected one new models folder, got {sorted(made)}; the run printed:\n{output[-6000:]}"
+    return cwd / "results" / "models" / made.pop()
 
 
 def checkpoints(models):
@@ -68,7 +70,7 @@ def chain(tmp_path_factory):
         args = args or [f"checkpoint_path={runs[previous]['models']}"]
         proc = start(cwd, *args, config=config)
         out, err = signal_after_reports(proc, sig) if sig else proc.communicate(timeout=600)
-        models = new_models_dir(cwd, before)
+        models = new_models_dir(cwd, before, out + err)
         runs[name] = {"returncode": proc.returncode, "stdout": out, "stderr": err, "models": models, "cwd": cwd,
                       "sacred": sacred_run_dir(cwd, "ippo", models.name)}
         previous = name
