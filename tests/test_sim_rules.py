@@ -202,9 +202,13 @@ def test_an_attacked_unit_retaliates_beyond_its_scan_range():
     env = situation("3s_vs_4z", {0: (10.0, 16.0)}, {0: (18.0, 16.0)})
     b, c, zealot = env.batch, env.batch.combat, env.n_agents
     st, ah = b.static, b.air_heal
-    pick = lambda: engine._enemy_target(b.x, b.y, b.health, b.order, b.target, st.radius, ah.threat,  # noqa: E731
-                                        st.weapon_range, st.scan_range, ah.flying, ah.hits_air, ah.active,
-                                        c.leash_x, c.leash_y, c.returning, 0, zealot, env.n_agents)
+
+    def pick():
+        box = engine._agent_box(0, env.n_agents, b.x, b.y, b.health, b.order, b.target, st.radius, c.flags)
+        return engine._enemy_target(b.x, b.y, b.health, b.order, b.target, st.radius, ah.threat,
+                                    st.weapon_range, st.scan_range, ah.flying, ah.hits_air, ah.active,
+                                    c.leash_x, c.leash_y, c.returning, 0, zealot, env.n_agents,
+                                    c.flags[0, zealot] != 0, box)
     assert pick() == -1
     b.order[0, 0], b.target[0, 0] = engine.ORDER_ATTACK, zealot
     assert pick() == 0

@@ -81,8 +81,9 @@ class CombatState(NamedTuple):
     next event (fractional; the event happens in the first loop where it is <= 0) and hits still to
     deal. ``leash_x``/``leash_y``: where an enemy acquired its current target; ``returning``: it broke
     its leash and walks back there. ``help_timer``: loops until the unit may call for help again.
-    ``flags`` (int64) is scratch space: per unit, whether (1) or not (0) an attack event is due this
-    loop, and later when the unit last moved this loop (see ``_separate``).
+    ``flags`` (int64) is scratch space: per enemy, whether an agent attacks it (while targets are
+    picked, see ``_agent_box``); per unit, whether (1) or not (0) an attack event is due this loop; and
+    later when the unit last moved this loop (see ``_separate``).
     """
 
     swing_target: np.ndarray
@@ -189,14 +190,26 @@ def _better(threat, d2, best_threat, best_d2):
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
 def _pick_targets(x, y, health, order, target, radius, threat, weapon_range, scan_range, flying, hits_air,
-                  air_heal, b, u, n_agents, need_scan):
+                  air_heal, b, u, n_agents, need_scan, attacked, agent_box):
     """The agents enemy ``u`` would acquire: the best within its weapon range, and (if ``need_scan``,
     else -1) the best within its scan range or attacking it (at any distance); -1 where there is none.
     Flying agents are skipped when ``u``'s weapon cannot hit air.
 
     Threats are agents marked ``threat`` (armed, or ``AlwaysThreatens``) or attacking ``u``. SC2's
     ``AttackTargetPriority`` is 20 for every unit here (liberty ``UnitData.xml``), so it decides nothing.
+
+    ``attacked``: whether a living agent's attack order is on ``u``; ``agent_box`` (lo_x, hi_x, lo_y,
+    hi_y, max_radius) bounds the living agents (see ``_agent_box``). An enemy no agent attacks and whose
+    reach does not touch the box finds nobody, so the scan is skipped (same answer, found faster).
     """
+    if not attacked:
+        lo_x, hi_x, lo_y, hi_y, max_r = agent_box
+        bx = max(lo_x - x[b, u], x[b, u] - hi_x, 0.0)
+        by = max(lo_y - y[b, u], y[b, u] - hi_y, 0.0)
+        # margin: the box's bound is exact, the reach below is summed in another order than per agent
+        reach = max(scan_range[u], weapon_range[u]) + radius[u] + max_r + 1e-6
+        if bx * bx + by * by > reach * reach:
+            return -1, -1
     in_range = -1
     in_range_threat = -1
     in_range_d2 = 1e300
@@ -230,7 +243,7 @@ def _pick_targets(x, y, health, order, target, radius, threat, weapon_range, sca
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
 def _enemy_target(x, y, health, order, target, radius, threat, weapon_range, scan_range, flying, hits_air,
-                  air_heal, leash_x, leash_y, returning, b, u, n_agents):
+                  air_heal, leash_x, leash_y, returning, b, u, n_agents, attacked, agent_box):
     """The built-in AI's target for enemy ``u`` this loop (SC2 auto-acquisition on an attack-move).
 
     A unit walking back to its leash point acquires nothing until it is within
@@ -238,6 +251,7 @@ def _enemy_target(x, y, health, order, target, radius, threat, weapon_range, sca
     weapon range; else takes the best agent in weapon range (``_pick_targets``); else keeps chasing its
     target until it is ``ACQUIRE_LEASH_RADIUS`` from where it acquired it (then it turns back); else
     takes the best agent within its scan range or attacking it; else none (-1: it walks on).
+    ``attacked``, ``agent_box``: see ``_pick_targets``.
     """
     if returning[b, u]:
         dx = leash_x[b, u] - x[b, u]
@@ -250,7 +264,7 @@ def _enemy_target(x, y, health, order, target, radius, threat, weapon_range, sca
     if valid and _within_reach(x, y, radius, b, u, cur, weapon_range[u]):
         return cur
     pick, in_scan = _pick_targets(x, y, health, order, target, radius, threat, weapon_range, scan_range,
-                                  flying, hits_air, air_heal, b, u, n_agents, not valid)
+                                  flying, hits_air, air_heal, b, u, n_agents, not valid, attacked, agent_box)
     if pick < 0 and valid:
         dx = leash_x[b, u] - x[b, u]
         dy = leash_y[b, u] - y[b, u]
@@ -264,6 +278,31 @@ def _enemy_target(x, y, health, order, target, radius, threat, weapon_range, sca
         leash_x[b, u] = x[b, u]
         leash_y[b, u] = y[b, u]
     return pick
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _agent_box(b, n_agents, x, y, health, order, target, radius, attacked):
+    """The box around the living agents of environment ``b``: (lo_x, hi_x, lo_y, hi_y, largest radius);
+    empty (lo > hi) when none lives. Also marks in ``attacked`` int64 ``[B, U]`` each enemy a living
+    agent's attack order is on (1; 0 otherwise)."""
+    for w in range(n_agents, x.shape[1]):
+        attacked[b, w] = 0
+    lo_x = np.inf
+    hi_x = -np.inf
+    lo_y = np.inf
+    hi_y = -np.inf
+    max_r = 0.0
+    for a in range(n_agents):
+        if health[b, a] <= 0:
+            continue
+        lo_x = min(lo_x, x[b, a])
+        hi_x = max(hi_x, x[b, a])
+        lo_y = min(lo_y, y[b, a])
+        hi_y = max(hi_y, y[b, a])
+        max_r = max(max_r, radius[a])
+        if order[b, a] == ORDER_ATTACK and target[b, a] >= n_agents:
+            attacked[b, target[b, a]] = 1
+    return lo_x, hi_x, lo_y, hi_y, max_r
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
@@ -412,7 +451,7 @@ def _cancel_swing(swing_phase, cooldown, b, u):
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _separate(b, x, y, health, radius, flying, air_heal, shooting_buf, moved, pathing):
+def _separate(b, x, y, health, radius, flying, air_heal, shooting_buf, moved, pathing, recent):
     """Push overlapping living units apart, pass after pass, until no two overlap (at most
     ``SEPARATION_PASSES``). Units that hold their ground (``shooting_buf`` != -1) are not pushed by units
     that move; otherwise both give way equally. Flying and ground units do not collide.
@@ -421,17 +460,37 @@ def _separate(b, x, y, health, radius, flying, air_heal, shooting_buf, moved, pa
     the movement phase, ``p`` in separation pass ``p``. Pass ``p`` looks only at pairs with a unit that
     moved since pass ``p - 1`` began: any other pair stands exactly where it stood when that pass looked
     at it, so looking again would change nothing (and the pairs of units that have not moved at all were
-    apart at the end of the last loop)."""
+    apart at the end of the last loop). ``recent`` int64 ``[U]`` is scratch space: in ascending order, the
+    living units that moved since the pass began."""
     n_units = x.shape[1]
     for sep_pass in range(1, SEPARATION_PASSES + 1):
         pushed = False
         since = sep_pass - 1
+        n_recent = 0
+        for w in range(n_units):
+            if moved[b, w] >= since and health[b, w] > 0:
+                recent[n_recent] = w
+                n_recent += 1
         for u in range(n_units):
             if health[b, u] <= 0:
                 continue
-            for v in range(u + 1, n_units):
-                if health[b, v] <= 0 or (moved[b, u] < since and moved[b, v] < since):
-                    continue
+            v = u
+            j = 0
+            while True:
+                # u's next partner, in increasing order: any later unit once u has moved, else the next
+                # later unit that has (the same pairs as looking at every v and skipping the others)
+                if moved[b, u] >= since:
+                    v += 1
+                    if v >= n_units:
+                        break
+                    if health[b, v] <= 0:
+                        continue
+                else:
+                    while j < n_recent and recent[j] <= v:
+                        j += 1
+                    if j == n_recent:
+                        break
+                    v = recent[j]
                 dx = x[b, v] - x[b, u]
                 dy = y[b, v] - y[b, u]
                 touch = radius[u] + radius[v]
@@ -466,6 +525,13 @@ def _separate(b, x, y, health, radius, flying, air_heal, shooting_buf, moved, pa
                     moved[b, u] = sep_pass
                     pushed = True
                 if (x[b, v], y[b, v]) != old_v:
+                    if moved[b, v] < since:  # v joins the units that moved since the pass began
+                        k = n_recent
+                        while k > 0 and recent[k - 1] > v:
+                            recent[k] = recent[k - 1]
+                            k -= 1
+                        recent[k] = v
+                        n_recent += 1
                     moved[b, v] = sep_pass
                     pushed = True
         if not pushed:
@@ -473,144 +539,152 @@ def _separate(b, x, y, health, radius, flying, air_heal, shooting_buf, moved, pa
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _game_loop(b, n_agents, x, y, health, shield, cooldown, energy, order, order_x, order_y, target,
-               since_damage, fired_at, key, counter, st, ah, swing_target, swing_phase, swing_timer,
-               swing_hits, leash_x, leash_y, returning, help_timer, flags, pathing, attack_point,
-               shooting_buf):
-    """Advance environment ``b`` by one game loop. ``st``: the ``UnitArrays``; ``ah``: the
+def _game_loops(b, n_agents, x, y, health, shield, cooldown, energy, order, order_x, order_y, target,
+                since_damage, fired_at, clock, st, ah, swing_target, swing_phase, swing_timer,
+                swing_hits, leash_x, leash_y, returning, help_timer, flags, pathing, attack_point,
+                shooting_buf):
+    """Advance environment ``b`` by ``n_loops`` game loops, ``clock`` = (its random key, the game-loop
+    counter of the first of them, ``n_loops``): one agent step. ``st``: the ``UnitArrays``; ``ah``: the
     ``AirHealArrays`` (``energy``: float64 ``[B, U]``); ``swing_*`` to ``flags``: the fields of the
     ``CombatState``; ``attack_point``: the enemy's attack-move goal (x, y); ``shooting_buf`` int64
     ``[B, U]`` is scratch space. (Numba inlines functions of at most 30 arguments: the tuples keep it
     below.)"""
-    # unpacked once: reading a tuple's array in an inner loop costs reference counting every time
+    # unpacked once per agent step: reading a tuple's array in an inner loop costs reference counting
+    # every time
     (radius, speed, weapon_range, scan_range, damage, bonus, bonus_attribute, attributes, attacks, armor,
      cooldown_loops, shield_max, damage_point_loops, missile_speed, strike_interval_loops) = st
     air_heal, flying, hits_air, threat, healer, heal_per_loop, health_max, energy_max, energy_regen_per_loop = ah
     attack_x, attack_y = attack_point
     n_units = x.shape[1]
-    # 1. targets: the enemy AI re-evaluates; agents' attack orders lapse when the target dies, heal
-    # orders also when the target is at full life or the healer out of energy
-    for u in range(n_units):
-        if health[b, u] <= 0:
-            continue
-        if u >= n_agents:
+    key, first_counter, n_loops = clock
+    recent = np.empty(n_units, dtype=np.int64)  # for _separate
+    for loop in range(n_loops):
+        counter = first_counter + loop
+        # 1. targets: agents' attack orders lapse when the target dies, heal orders also when the target is at
+        # full life or the healer out of energy; then the enemy AI re-evaluates (it sees the agents' orders
+        # as they are now). flags[b, w] for enemy w: whether a living agent's attack order is on it.
+        for u in range(n_agents):
+            if health[b, u] > 0 and order[b, u] == ORDER_ATTACK:
+                t = target[b, u]
+                if health[b, t] <= 0 or (air_heal and healer[u] and (health[b, t] >= health_max[t]
+                                                                     or energy[b, u] <= 0.0)):
+                    order[b, u] = ORDER_IDLE
+                    target[b, u] = -1
+        agent_box = _agent_box(b, n_agents, x, y, health, order, target, radius, flags)
+        for u in range(n_agents, n_units):
+            if health[b, u] <= 0:
+                continue
             if air_heal and healer[u]:
                 target[b, u] = _enemy_heal_target(x, y, health, health_max, energy, attributes, radius,
                                                   scan_range, target, b, u, n_agents)
             else:
                 target[b, u] = _enemy_target(x, y, health, order, target, radius, threat, weapon_range,
                                              scan_range, flying, hits_air, air_heal, leash_x, leash_y,
-                                             returning, b, u, n_agents)
-        elif order[b, u] == ORDER_ATTACK:
+                                             returning, b, u, n_agents, flags[b, u] != 0, agent_box)
+        # 2. attacks. shooting_buf[b, u]: the target u starts an attack on, ENGAGED if it holds its ground
+        # (target in range while the weapon cools down, or an attack winding up or striking), -1 otherwise.
+        for u in range(n_units):
+            shooting_buf[b, u] = -1
+            if health[b, u] <= 0:
+                continue
+            phase = swing_phase[b, u]
+            if phase == SWING_WINDUP or phase == SWING_STRIKES:
+                shooting_buf[b, u] = ENGAGED
+                continue
             t = target[b, u]
-            if health[b, t] <= 0 or (air_heal and healer[u] and (health[b, t] >= health_max[t]
-                                                                 or energy[b, u] <= 0.0)):
+            if t < 0 or (u < n_agents and order[b, u] != ORDER_ATTACK):
+                continue
+            if _within_reach(x, y, radius, b, u, t, weapon_range[u]):
+                ready = cooldown[b, u] <= 0.0 and phase == SWING_NONE and damage[u] > 0.0
+                shooting_buf[b, u] = t if ready else ENGAGED
+        for u in range(n_units):
+            t = shooting_buf[b, u]
+            if t < 0:
+                continue
+            delay = WEAPON_DELAY_MIN_LOOPS + (WEAPON_DELAY_MAX_LOOPS - WEAPON_DELAY_MIN_LOOPS) * hash_uniform(
+                key, counter * n_units + u)
+            cooldown[b, u] = cooldown_loops[u] + delay
+            swing_target[b, u] = t
+            swing_phase[b, u] = SWING_WINDUP
+            swing_timer[b, u] = damage_point_loops[u]
+            swing_hits[b, u] = attacks[u]
+            fired_at[b, u] = t
+        # events due now, decided before any of them lands: hits of one loop resolve together
+        for u in range(n_units):
+            phase = swing_phase[b, u]
+            if phase != SWING_NONE and health[b, u] <= 0 and phase != SWING_FLIGHT:
+                swing_phase[b, u] = SWING_NONE  # a dead unit's attack dies with it; its missile flies on
+            flags[b, u] = 1 if swing_phase[b, u] != SWING_NONE and swing_timer[b, u] <= 0.0 else 0
+        for u in range(n_units):
+            while flags[b, u] == 1 and swing_phase[b, u] != SWING_NONE and swing_timer[b, u] <= 0.0:
+                _swing_event(b, u, n_agents, x, y, health, shield, target, since_damage, damage, bonus,
+                             bonus_attribute, attributes, armor, missile_speed, strike_interval_loops,
+                             swing_target, swing_phase, swing_timer, swing_hits, leash_x, leash_y, returning,
+                             help_timer, healer, flying, hits_air)
+        if air_heal:
+            _heal(b, n_agents, x, y, health, health_max, energy, order, target, radius, weapon_range, healer,
+                  heal_per_loop)
+        # 3. movement towards each unit's goal; flags[b, u] records who moved (0; -1: not moved)
+        for u in range(n_units):
+            flags[b, u] = -1
+            if health[b, u] <= 0 or shooting_buf[b, u] != -1:
+                continue
+            t = target[b, u]
+            stop_at = 0.0
+            if u < n_agents and order[b, u] == ORDER_MOVE:
+                gx = order_x[b, u]
+                gy = order_y[b, u]
+            elif t >= 0 and (u >= n_agents or order[b, u] == ORDER_ATTACK):
+                stop_at = weapon_range[u] + radius[u] + radius[t]
+                gx = x[b, t]
+                gy = y[b, t]
+            elif u >= n_agents and returning[b, u]:
+                gx = leash_x[b, u]
+                gy = leash_y[b, u]
+            elif u >= n_agents:
+                gx = attack_x
+                gy = attack_y
+            else:
+                continue
+            dx = gx - x[b, u]
+            dy = gy - y[b, u]
+            dist = np.sqrt(dx * dx + dy * dy)
+            step = min(speed[u], dist - stop_at)
+            if step <= 0.0:
+                continue
+            ux = dx / dist
+            uy = dy / dist
+            # local avoidance: the straight step, else the first of the steering angles that bumps nobody
+            for k in range(len(_STEER_COS)):
+                rx = ux * _STEER_COS[k] - uy * _STEER_SIN[k]
+                ry = ux * _STEER_SIN[k] + uy * _STEER_COS[k]
+                nx = x[b, u] + rx * step
+                ny = y[b, u] + ry * step
+                if not _bumps(x, y, health, radius, flying, air_heal, b, u, nx, ny):
+                    break
+                if k == len(_STEER_COS) - 1:  # boxed in: push straight on, separation resolves it
+                    nx = x[b, u] + ux * step
+                    ny = y[b, u] + uy * step
+            x[b, u], y[b, u] = _settle(pathing, x[b, u], y[b, u], nx, ny, not (air_heal and flying[u]))
+            flags[b, u] = 0
+            if u < n_agents and order[b, u] == ORDER_MOVE and dist - step <= ARRIVAL_EPS:
                 order[b, u] = ORDER_IDLE
-                target[b, u] = -1
-    # 2. attacks. shooting_buf[b, u]: the target u starts an attack on, ENGAGED if it holds its ground
-    # (target in range while the weapon cools down, or an attack winding up or striking), -1 otherwise.
-    for u in range(n_units):
-        shooting_buf[b, u] = -1
-        if health[b, u] <= 0:
-            continue
-        phase = swing_phase[b, u]
-        if phase == SWING_WINDUP or phase == SWING_STRIKES:
-            shooting_buf[b, u] = ENGAGED
-            continue
-        t = target[b, u]
-        if t < 0 or (u < n_agents and order[b, u] != ORDER_ATTACK):
-            continue
-        if _within_reach(x, y, radius, b, u, t, weapon_range[u]):
-            ready = cooldown[b, u] <= 0.0 and phase == SWING_NONE and damage[u] > 0.0
-            shooting_buf[b, u] = t if ready else ENGAGED
-    for u in range(n_units):
-        t = shooting_buf[b, u]
-        if t < 0:
-            continue
-        delay = WEAPON_DELAY_MIN_LOOPS + (WEAPON_DELAY_MAX_LOOPS - WEAPON_DELAY_MIN_LOOPS) * hash_uniform(
-            key, counter * n_units + u)
-        cooldown[b, u] = cooldown_loops[u] + delay
-        swing_target[b, u] = t
-        swing_phase[b, u] = SWING_WINDUP
-        swing_timer[b, u] = damage_point_loops[u]
-        swing_hits[b, u] = attacks[u]
-        fired_at[b, u] = t
-    # events due now, decided before any of them lands: hits of one loop resolve together
-    for u in range(n_units):
-        phase = swing_phase[b, u]
-        if phase != SWING_NONE and health[b, u] <= 0 and phase != SWING_FLIGHT:
-            swing_phase[b, u] = SWING_NONE  # a dead unit's attack dies with it; its missile flies on
-        flags[b, u] = 1 if swing_phase[b, u] != SWING_NONE and swing_timer[b, u] <= 0.0 else 0
-    for u in range(n_units):
-        while flags[b, u] == 1 and swing_phase[b, u] != SWING_NONE and swing_timer[b, u] <= 0.0:
-            _swing_event(b, u, n_agents, x, y, health, shield, target, since_damage, damage, bonus,
-                         bonus_attribute, attributes, armor, missile_speed, strike_interval_loops,
-                         swing_target, swing_phase, swing_timer, swing_hits, leash_x, leash_y, returning,
-                         help_timer, healer, flying, hits_air)
-    if air_heal:
-        _heal(b, n_agents, x, y, health, health_max, energy, order, target, radius, weapon_range, healer,
-              heal_per_loop)
-    # 3. movement towards each unit's goal; flags[b, u] records who moved (0; -1: not moved)
-    for u in range(n_units):
-        flags[b, u] = -1
-        if health[b, u] <= 0 or shooting_buf[b, u] != -1:
-            continue
-        t = target[b, u]
-        stop_at = 0.0
-        if u < n_agents and order[b, u] == ORDER_MOVE:
-            gx = order_x[b, u]
-            gy = order_y[b, u]
-        elif t >= 0 and (u >= n_agents or order[b, u] == ORDER_ATTACK):
-            stop_at = weapon_range[u] + radius[u] + radius[t]
-            gx = x[b, t]
-            gy = y[b, t]
-        elif u >= n_agents and returning[b, u]:
-            gx = leash_x[b, u]
-            gy = leash_y[b, u]
-        elif u >= n_agents:
-            gx = attack_x
-            gy = attack_y
-        else:
-            continue
-        dx = gx - x[b, u]
-        dy = gy - y[b, u]
-        dist = np.sqrt(dx * dx + dy * dy)
-        step = min(speed[u], dist - stop_at)
-        if step <= 0.0:
-            continue
-        ux = dx / dist
-        uy = dy / dist
-        # local avoidance: the straight step, else the first of the steering angles that bumps nobody
-        for k in range(len(_STEER_COS)):
-            rx = ux * _STEER_COS[k] - uy * _STEER_SIN[k]
-            ry = ux * _STEER_SIN[k] + uy * _STEER_COS[k]
-            nx = x[b, u] + rx * step
-            ny = y[b, u] + ry * step
-            if not _bumps(x, y, health, radius, flying, air_heal, b, u, nx, ny):
-                break
-            if k == len(_STEER_COS) - 1:  # boxed in: push straight on, separation resolves it
-                nx = x[b, u] + ux * step
-                ny = y[b, u] + uy * step
-        x[b, u], y[b, u] = _settle(pathing, x[b, u], y[b, u], nx, ny, not (air_heal and flying[u]))
-        flags[b, u] = 0
-        if u < n_agents and order[b, u] == ORDER_MOVE and dist - step <= ARRIVAL_EPS:
-            order[b, u] = ORDER_IDLE
-    _separate(b, x, y, health, radius, flying, air_heal, shooting_buf, flags, pathing)
-    # 4. clocks
-    for u in range(n_units):
-        if swing_phase[b, u] != SWING_NONE:
-            swing_timer[b, u] -= 1.0
-        if health[b, u] <= 0:
-            continue
-        if cooldown[b, u] > 0.0:
-            cooldown[b, u] = max(cooldown[b, u] - 1.0, 0.0)
-        if help_timer[b, u] > 0.0:
-            help_timer[b, u] = max(help_timer[b, u] - 1.0, 0.0)
-        since_damage[b, u] += 1.0
-        if shield_max[u] > 0.0 and since_damage[b, u] > SHIELD_REGEN_DELAY_LOOPS:
-            shield[b, u] = min(shield[b, u] + SHIELD_REGEN_PER_LOOP, shield_max[u])
-        if air_heal and energy_max[u] > 0.0:
-            energy[b, u] = min(energy[b, u] + energy_regen_per_loop[u], energy_max[u])
+        _separate(b, x, y, health, radius, flying, air_heal, shooting_buf, flags, pathing, recent)
+        # 4. clocks
+        for u in range(n_units):
+            if swing_phase[b, u] != SWING_NONE:
+                swing_timer[b, u] -= 1.0
+            if health[b, u] <= 0:
+                continue
+            if cooldown[b, u] > 0.0:
+                cooldown[b, u] = max(cooldown[b, u] - 1.0, 0.0)
+            if help_timer[b, u] > 0.0:
+                help_timer[b, u] = max(help_timer[b, u] - 1.0, 0.0)
+            since_damage[b, u] += 1.0
+            if shield_max[u] > 0.0 and since_damage[b, u] > SHIELD_REGEN_DELAY_LOOPS:
+                shield[b, u] = min(shield[b, u] + SHIELD_REGEN_PER_LOOP, shield_max[u])
+            if air_heal and energy_max[u] > 0.0:
+                energy[b, u] = min(energy[b, u] + energy_regen_per_loop[u], energy_max[u])
 
 
 def _step_envs_py(actions, active, n_agents, x, y, health, shield, cooldown, order, order_x, order_y,
@@ -675,12 +749,10 @@ def _step_envs_py(actions, active, n_agents, x, y, health, shield, cooldown, ord
             prev_health[b, u] = health[b, u]
             prev_shield[b, u] = shield[b, u]
             fired_at[b, u] = -1
-        for loop in range(step_mul):
-            counter = episode_steps[b] * step_mul + loop
-            _game_loop(b, n_agents, x, y, health, shield, cooldown, energy, order, order_x, order_y, target,
-                       since_damage, fired_at, keys[b], counter, st, ah, swing_target, swing_phase,
-                       swing_timer, swing_hits, leash_x, leash_y, returning, help_timer, flags, pathing,
-                       attack_point, scratch_int)
+        _game_loops(b, n_agents, x, y, health, shield, cooldown, energy, order, order_x, order_y, target,
+                    since_damage, fired_at, (keys[b], episode_steps[b] * step_mul, step_mul), st, ah,
+                    swing_target, swing_phase, swing_timer, swing_hits, leash_x, leash_y, returning,
+                    help_timer, flags, pathing, attack_point, scratch_int)
         episode_steps[b] += 1
         reward = battle_reward(prev_health, prev_shield, health, shield, death_tracker, b, n_agents,
                                rp[0] > 0, rp[1], rp[2])
