@@ -20,10 +20,12 @@ from utils.logging import Logger
 
 assert ("sacred_run_dir",) in RUN_SPECIFIC  # the comparison below relies on these exclusions
 
-# 3m, checkpoints every 600 env steps; long enough (about 25 iterations) that a signal sent after the second
-# report always arrives mid-run.
-RUN = ["env_args.map_name=3m", "seed=7", "t_max=3000", "batch_size_run=4", "test_nepisode=4", "test_interval=300",
-       "log_interval=300", "save_model=True", "save_model_interval=600", "torch_threads=1"]
+# 3m, checkpoints every 1500 env steps; long enough (about 100 iterations) that a signal sent after the second
+# report arrives mid-run even on an idle machine, where an iteration takes milliseconds (with t_max 3000 a
+# resumed run once finished before its signal came).
+T_MAX = 12000
+RUN = ["env_args.map_name=3m", "seed=7", f"t_max={T_MAX}", "batch_size_run=4", "test_nepisode=4",
+       "test_interval=300", "log_interval=300", "save_model=True", "save_model_interval=1500", "torch_threads=1"]
 
 
 def start(cwd, *with_args, config="ippo"):
@@ -89,7 +91,7 @@ def test_a_signal_stops_after_the_iteration_with_a_checkpoint(chain, name, sig):
     info = read_json(run["sacred"] / "info.json")["interrupted"]
     assert read_json(run["sacred"] / "run.json")["status"] == "INTERRUPTED"
     latest = max(checkpoints(run["models"]))
-    assert info["signal"] == sig.name and info["t_env"] == latest < 3000
+    assert info["signal"] == sig.name and info["t_env"] == latest < T_MAX
     assert os.path.samefile(run["cwd"] / info["checkpoint"], run["models"] / str(latest) / CHECKPOINT_FILE)
     assert f"{sig.name} received: finishing the current iteration, then saving a checkpoint" in run["stdout"]
     assert f"Stopped at t_env={latest}" in (run["sacred"] / "cout.txt").read_text()  # the record has the end too
