@@ -20,18 +20,23 @@ from utils.logging import Logger
 
 assert ("sacred_run_dir",) in RUN_SPECIFIC  # the comparison below relies on these exclusions
 
-# 3m, checkpoints every 1500 env steps; long enough (about 100 iterations) that a signal sent after the second
-# report arrives mid-run even on an idle machine, where an iteration takes milliseconds (with t_max 3000 a
-# resumed run once finished before its signal came).
-T_MAX = 12000
+# 3m, checkpoints every 600 env steps; long enough (about 25 iterations) that a signal sent after the second
+# report always arrives mid-run.
+T_MAX = 3000
 RUN = ["env_args.map_name=3m", "seed=7", f"t_max={T_MAX}", "batch_size_run=4", "test_nepisode=4",
-       "test_interval=300", "log_interval=300", "save_model=True", "save_model_interval=1500", "torch_threads=1"]
+       "test_interval=300", "log_interval=300", "save_model=True", "save_model_interval=600", "torch_threads=1"]
+
+
+def _as_in_a_terminal():
+    """Ctrl-C's default action in the run, as in a terminal's foreground: when the tests themselves run as a
+    background job (``cmd &``), SIGINT is ignored, and a run rightly leaves an ignored signal ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start(cwd, *with_args, config="ippo"):
     args = [sys.executable, MAIN, *([f"--config={config}"] if config else []), "with", *with_args]
     return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_as_in_a_terminal)
 
 
 def signal_after_reports(proc, sig, reports=2):
