@@ -219,6 +219,18 @@ def _dotted_paths(declared: Mapping[str, Any], prefix: str = "") -> list[str]:
     return paths
 
 
+def dotted_leaves(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty mapping is a leaf): how configs are compared key by key
+    (a resumed run's against its checkpoint's, a study's `with` overrides against the declared keys)."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping) and value:
+            out.update(dotted_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _unknown_key_error(path: str, declared_root: Mapping[str, Any], label: str) -> ConfigError:
     if path == f"{ENV_ARGS_KEY}.seed":
         return ConfigError(f"{label} set {path!r}: the environments are seeded from the top-level `seed` "

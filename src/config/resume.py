@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from components.demonstrations import stored_checksum
-from config.loader import Config, ConfigError, available_configs, load_config
+from config.loader import Config, ConfigError, available_configs, dotted_leaves, load_config
 from run import SETUP_ERRORS, checkpoint_backend, map_label
 from utils.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
@@ -62,17 +62,6 @@ class ResolvedConfig:
     checkpoint: dict | None = None      # the loaded checkpoint, when checkpoint_path is set
     checkpoint_path: str | None = None  # its file
     notes: list[tuple[int, str]] = field(default_factory=list)  # (logging level, message) to print
-
-
-def _leaves(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty mapping is a leaf)."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, Mapping) and value:
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _value(cfg: Config, dotted: str) -> Any:
@@ -221,8 +210,8 @@ def _resolve_from_checkpoint(config_name: str | None, env_config_name: str | Non
     notes: list[tuple[int, str]] = []
 
     # The run's config as this code reads it: the checkpoint's values over the declared keys.
-    declared = _leaves(load_config(alg, env_config_name, check_components=False).to_dict())
-    saved = _leaves(ckpt["config"])
+    declared = dotted_leaves(load_config(alg, env_config_name, check_components=False).to_dict())
+    saved = dotted_leaves(ckpt["config"])
     unknown = sorted(set(saved) - set(declared))
     if unknown:
         notes.append((logging.WARNING, f"Checkpoint {ckpt_file} has config keys this code no longer declares, "
@@ -238,7 +227,7 @@ def _resolve_from_checkpoint(config_name: str | None, env_config_name: str | Non
     base_label = f"the config saved in checkpoint {ckpt_file}"
     run_cfg = load_config(alg, env_config_name, base=base, base_label=base_label, check_components=False)
 
-    given = _leaves(overrides)
+    given = dotted_leaves(overrides)
     checked = _check_demonstrations(run_cfg, given, ckpt, ckpt_file, evaluate, notes)
     cfg = load_config(alg, env_config_name, overrides, overrides_label=OVERRIDES_LABEL, base=base,
                       base_label=base_label)

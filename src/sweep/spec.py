@@ -52,6 +52,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from components.demonstrations import STYLES
+from config.loader import dotted_leaves
 
 DEFAULT_RESULTS_ROOT = os.path.join("results", "experiments")
 DEFAULT_ENV_CONFIG = "sc2"
@@ -289,17 +290,9 @@ class _Where:
         return value
 
 
-def _dotted(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"env_args": {"obs_last_action": True}}`` -> ``{"env_args.obs_last_action": True}`` (config/resume.py's
-    flattening, as a resumed run's config is compared key by key)."""
-    from config.resume import _leaves
-
-    return _leaves(mapping)
-
-
 def _overrides(w: _Where, value: Any, where: str) -> dict[str, Any]:
     """A ``with`` mapping as dotted keys, refusing the keys the runner sets."""
-    dotted = _dotted(w.mapping(value, where))
+    dotted = dotted_leaves(w.mapping(value, where))
     for key in dotted:
         if key in RUNNER_KEYS:
             raise w.error(where, f"`{key}` is set by the runner from {RUNNER_KEYS[key]}; leave it out of `with`.")
@@ -488,7 +481,7 @@ def _per_map(w: _Where, value: Any, where: str, maps: Sequence[str]) -> dict[str
 
 def _grid(w: _Where, value: Any, where: str) -> list[tuple[str, list]]:
     """``grid: {lr: [0.0005, 0.001]}`` as ``[(dotted key, values)]``."""
-    grid = _dotted(w.mapping(value, where))
+    grid = dotted_leaves(w.mapping(value, where))
     out = []
     for key, values in grid.items():
         if key in RUNNER_KEYS:
