@@ -35,6 +35,12 @@ from utils.checkpoint import check_state_keys
 from utils.returns import lambda_returns
 
 
+def _select(x: torch.Tensor, episodes: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``x[episodes, steps]`` for ``x [B, L, ...]`` and index vectors ``[R]``: ``[R, ...]``, as one
+    ``index_select`` over the flattened (episode, step) rows, about 4x faster on CPU than that indexing."""
+    return x.reshape(-1, *x.shape[2:]).index_select(0, episodes * x.shape[1] + steps)
+
+
 class QMIXLearner:
     """``QMIXLearner(mac, env_info, cfg, device)``; ``train(batch, t_env, episode) -> stats`` (empty until
     the buffer holds ``batch_size`` episodes)."""
@@ -54,7 +60,10 @@ class QMIXLearner:
         self.mixer.to(device)
         self.target_mixer = copy.deepcopy(self.mixer)
         self.params = list(mac.parameters()) + list(self.mixer.parameters())
-        self.optim = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
+        # foreach: each operation of the update rule on all parameters in one call (torch's default on CPU
+        # loops over the tensors in Python); the same arithmetic on every tensor, ~0.1 ms less per update.
+        self.optim = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps,
+                                         foreach=True)
         # Replay sampling has its own generator (saved in state_dict); seeded from the run's seed, or from
         # torch's global generator (seeded by the framework) when the config leaves the seed to Sacred.
         seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ()))
@@ -98,8 +107,9 @@ class QMIXLearner:
         b_idx = order[rank]
         batch_sizes = live.sum(1).tolist()
         none = torch.full_like(t_idx, self.mac.n_actions).unsqueeze(-1)   # no last action at t = 0
-        last_actions = torch.where(t_idx.unsqueeze(-1) > 0, batch.actions[b_idx, (t_idx - 1).clamp(min=0)], none)
-        x = self.mac.build_inputs(batch.obs[b_idx, t_idx].unsqueeze(0), last_actions.unsqueeze(0)).squeeze(2)
+        last_actions = torch.where(t_idx.unsqueeze(-1) > 0, _select(batch.actions, b_idx, (t_idx - 1).clamp(min=0)),
+                                   none)
+        x = self.mac.build_inputs(_select(batch.obs, b_idx, t_idx).unsqueeze(0), last_actions.unsqueeze(0)).squeeze(2)
         h0 = self.mac.init_hidden(b)[:, order]                     # [N, B, H]
         if self.mac.shared:  # one network: (episode, agent) pairs are the sequences, agents innermost
             q, target_q = self.mac.agent.packed_q_with_target(
@@ -113,50 +123,53 @@ class QMIXLearner:
         return tuple(dense.index_copy(1, rows, y).view(n, t_len + 1, b, -1) for y in (q, target_q))
 
     def _update(self, batch: EpisodeBatch) -> dict[str, float]:
-        """One gradient step on ``batch``. The mixers and targets run on the real transitions only
-        (``R'`` of the ``T·B`` slots); returns the logged statistics."""
+        """One gradient step on ``batch``; returns the logged statistics.
+
+        Everything after the agent networks runs on the ``R'`` real transitions only (of the ``T·B``
+        slots, about half on 5m_vs_6m): their Q-values are picked out of the agents' outputs first, so
+        the greedy next actions, the gathers and the mixers (online and target) skip the padding.
+        """
         cfg = self.cfg
-        t_len, b = batch.max_t, batch.batch_size
+        b = batch.batch_size
         q, target_q = self.agent_q_values(batch)                   # [N, T+1, B, A]
-        actions = batch.actions.permute(2, 1, 0).unsqueeze(-1)     # [N, T, B, 1]
-        chosen_q = q[:, :t_len].gather(-1, actions).squeeze(-1)    # [N, T, B]
-        next_avail = batch.avail_actions[:, 1:].permute(2, 1, 0, 3)
+        n, n_actions = q.shape[0], q.shape[-1]
+        ep, t = batch.filled.nonzero(as_tuple=True)                # the R' real transitions: episode, step
+        pos = t * b + ep                                           # their flat (t, b) observation positions
+
+        def at(y: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:   # [N, T+1, B, A] -> [N, R', A]
+            return y.reshape(n, -1, n_actions).index_select(1, positions)
+
+        actions = _select(batch.actions, ep, t).t().unsqueeze(-1)                       # [N, R', 1]
+        chosen_q = at(q, pos).gather(-1, actions).squeeze(-1)                            # [N, R']
         with torch.no_grad():
-            target_next = target_q[:, 1:]
+            target_next = at(target_q, pos + b)                    # the observations at t + 1
+            unavailable = ~_select(batch.avail_actions, ep, t + 1).transpose(0, 1)
             if cfg.double_q:
-                best = q.detach()[:, 1:].masked_fill(~next_avail, MASKED_LOGIT).argmax(-1, keepdim=True)
+                best = at(q.detach(), pos + b).masked_fill_(unavailable, MASKED_LOGIT).argmax(-1, keepdim=True)
                 target_next_q = target_next.gather(-1, best).squeeze(-1)
             else:
-                target_next_q = target_next.masked_fill(~next_avail, MASKED_LOGIT).max(-1).values
-        mask = batch.filled.t()                                    # [T, B]
-        real = mask.flatten().nonzero().squeeze(1)                 # flat t·B + b of the R' real transitions
-        states = batch.state.transpose(0, 1).reshape((t_len + 1) * b, -1)  # [(T+1)·B, S]
-
-        def real_rows(y: torch.Tensor) -> torch.Tensor:            # [N, T, B] -> [R', N]
-            return y.permute(1, 2, 0).reshape(t_len * b, -1)[real]
-
-        q_tot = self.mixer(real_rows(chosen_q), states[real])      # [R']
+                target_next_q = target_next.masked_fill_(unavailable, MASKED_LOGIT).max(-1).values
+        q_tot = self.mixer(chosen_q.t(), _select(batch.state, ep, t))                   # [R']
         with torch.no_grad():
-            next_tot = self.target_mixer(real_rows(target_next_q), states[real + b])   # the states at t + 1
+            next_tot = self.target_mixer(target_next_q.t(), _select(batch.state, ep, t + 1))
             if cfg.td_lambda == 0.0:  # lambda_returns' one-step case, on the real transitions only
-                not_term = 1.0 - batch.terminated.t().flatten()[real]
-                targets = batch.reward.t().flatten()[real] + cfg.gamma * not_term * next_tot
+                not_term = 1.0 - _select(batch.terminated, ep, t)
+                targets = _select(batch.reward, ep, t) + cfg.gamma * not_term * next_tot
             else:
-                next_tot_all = next_tot.new_zeros(t_len * b).index_copy(0, real, next_tot).view(t_len, b)
-                targets = lambda_returns(batch.reward.t(), next_tot_all, batch.terminated.t(), mask,
-                                         cfg.gamma, cfg.td_lambda).flatten()[real]
+                next_tot_all = next_tot.new_zeros(batch.max_t, b).index_put_((t, ep), next_tot)
+                targets = lambda_returns(batch.reward.t(), next_tot_all, batch.terminated.t(), batch.filled.t(),
+                                         cfg.gamma, cfg.td_lambda)[t, ep]
         td = q_tot - targets
-        n_valid = real.numel()
+        n_valid = ep.numel()
         loss = td.pow(2).sum() / n_valid
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_norm_clip)
         self.optim.step()
-        n_q = n_valid * chosen_q.shape[0]
-        return {"loss": loss.item(), "grad_norm": grad_norm.item(),
-                "td_error_abs": (td.detach().abs().sum() / n_valid).item(),
-                "q_taken_mean": ((chosen_q.detach() * mask).sum() / n_q).item(),
-                "target_mean": (targets.sum() / n_valid).item()}
+        with torch.no_grad():  # one conversion to Python numbers for all the statistics
+            stats = torch.stack([loss, grad_norm, td.abs().sum() / n_valid, chosen_q.sum() / (n_valid * n),
+                                 targets.sum() / n_valid]).tolist()
+        return dict(zip(("loss", "grad_norm", "td_error_abs", "q_taken_mean", "target_mean"), stats))
 
     def state_dict(self) -> dict:
         return {"mac": self.mac.state_dict(), "target_mac": self.target_mac.state_dict(),

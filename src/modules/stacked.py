@@ -294,16 +294,24 @@ def gru_packed_forward(x: torch.Tensor, h0: torch.Tensor, weight_ih: torch.Tenso
 
     The input projection of all rows is one bmm, with the recurrent biases of the r and z gates folded
     in (they only appear in the sum ``gi + gh``). Per step: one baddbmm for the r, z pre-activations
-    (``gi + h W_hh``), one for ``h W_hn + b_hn``, then sigmoid, addcmul, tanh and lerp.
+    (``gi + h W_hh``), one for ``h W_hn + b_hn``, then sigmoid, addcmul, the n gate's tanh and lerp.
+
+    The tanh is computed as ``tanh(a) = 2 σ(2a) - 1``: torch's CPU tanh is about 8x slower than its
+    sigmoid (53 against 6 µs for 20k floats on one core), a tenth of this function's time. The factor 2
+    inside is exact (the n columns of the input projection are doubled, and addcmul's ``value=2`` doubles
+    ``r ⊙ gh_n``); the result differs from ``tanh`` by at most about 2e-7 in float32 (rounding).
     """
     k, r_total, _ = x.shape
     hd, m0 = weight_hh.shape[1], h0.shape[1]
-    gi_bias = bias_ih.clone()
+    gi_weight, gi_bias = weight_ih.clone(), bias_ih.clone()
     gi_bias[:, : 2 * hd] += bias_hh[:, : 2 * hd]
-    gi = torch.bmm(x, weight_ih).add_(gi_bias.unsqueeze(1))
+    gi_weight[..., 2 * hd:] *= 2                        # 2 gi_n, for the tanh below
+    gi_bias[:, 2 * hd:] *= 2
+    gi = torch.bmm(x, gi_weight).add_(gi_bias.unsqueeze(1))
     gi_rz, gi_n = gi[..., : 2 * hd].split(batch_sizes, 1), gi[..., 2 * hd:].split(batch_sizes, 1)
     w_rz, w_n = weight_hh[..., : 2 * hd].contiguous(), weight_hh[..., 2 * hd:].contiguous()
     b_hn = bias_hh[:, 2 * hd:].unsqueeze(1)
+    minus_one = x.new_full((), -1.0)
     states = x.new_empty(k, m0 + r_total, hd)          # h0, then the hidden state after every row
     states[:, :m0] = h0
     outputs = states[:, m0:].split(batch_sizes, 1)
@@ -313,7 +321,8 @@ def gru_packed_forward(x: torch.Tensor, h0: torch.Tensor, weight_ih: torch.Tenso
         h = h[:, :m]
         rz = torch.baddbmm(gi_rz[t], h, w_rz).sigmoid_()
         gh_n = torch.baddbmm(b_hn, h, w_n)
-        n = torch.addcmul(gi_n[t], rz[..., :hd], gh_n).tanh_()
+        sig = torch.addcmul(gi_n[t], rz[..., :hd], gh_n, value=2).sigmoid_()   # σ(2 (gi_n + r ⊙ gh_n))
+        n = torch.add(minus_one, sig, alpha=2)                                  # 2σ - 1, in one op
         h = torch.lerp(n, h, rz[..., hd:], out=outputs[t])
         rz_steps.append(rz)
         n_steps.append(n)
@@ -353,8 +362,8 @@ def gru_packed_backward(grad_hs: torch.Tensor, saved: tuple, batch_sizes: list[i
     grad_h = None                                         # gradient of the hidden state entering step t + 1
     for t in reversed(range(len(batch_sizes))):
         g = grad_out[t]
-        if grad_h is not None:
-            g[:, : grad_h.shape[1]] += grad_h
+        if grad_h is not None:  # (not ``+=`` on the slice: Python would then copy the slice onto itself)
+            g[:, : grad_h.shape[1]].add_(grad_h)
         rz, n = rz_steps[t][:k], n_steps[t][:k]
         z = rz[..., hd:]
         grad_direct = g * z                                                            # through z ⊙ h

@@ -89,8 +89,7 @@ class _PackedQWithTarget(torch.autograd.Function):
         gru = 2 * n_fc
         hs, saved = gru_packed_forward(fc_out[-1], torch.cat([h0, h0]), *(both(gru + i) for i in range(4)),
                                        batch_sizes)
-        q = torch.bmm(hs[:k], online[gru + 4]).add_(online[gru + 5].unsqueeze(1))
-        target_q = torch.bmm(hs[k:], target[gru + 4]).add_(target[gru + 5].unsqueeze(1))
+        q, target_q = torch.bmm(hs, both(gru + 4)).add_(both(gru + 5).unsqueeze(1)).split(k)
         ctx.mark_non_differentiable(target_q)
         ctx.batch_sizes, ctx.gru_saved, ctx.n_params = batch_sizes, saved, n_params
         ctx.save_for_backward(x, hs[:k], *(y[:k] for y in fc_out), *online[: 2 * n_fc: 2], online[gru + 4])
