@@ -75,9 +75,11 @@ def test_a_spec_expands_into_runs_and_demos_jobs_in_dependency_order(good):
     demos = good.stages["demos"].jobs[0]
     assert demos.files == ("dm2_wr0.3", "dm2_wr0.5")
     assert [r.seed for r in demos.sources] == [1, 2] and [r.seed for r in demos.used_sources] == [1]
-    # dependencies are per map
-    assert [j.key for j in good.dependencies(runs["8m/ippo/seed7"])] == ["demos/8m"]
-    assert [j.key for j in good.dependencies(demos)] == ["3m/expert_ippo/seed1", "3m/expert_ippo/seed2"]
+    # dependencies are per map, and only on the jobs whose outputs a job reads: the dm2 team comes from the
+    # first expert alone, and IPPO reads no demonstrations
+    assert [j.key for j in good.dependencies(runs["3m/dm2/seed7"])] == ["demos/3m"]
+    assert [j.key for j in good.dependencies(demos)] == ["3m/expert_ippo/seed1"]
+    assert good.dependencies(runs["8m/ippo/seed7"]) == []
     assert good.methods["ippo"].label == "IPPO" and good.methods["dm2"].label == "dm2"
 
 

@@ -34,7 +34,9 @@ A spec::
     report: {...}                         # see ReportOptions
 
 Dependencies are per map: a stage's jobs on map M wait for the jobs of the stages in its ``after`` on map M
-(demonstrations on M come from experts on M). A method's name is its Sacred ``name`` (the folder under
+(demonstrations on M come from experts on M), and only for the ones whose outputs they read: a demos job starts when
+the runs it takes checkpoints from are done, a run with ``demos`` when its dataset is written, and a run without one
+(``ippo`` above) does not wait for the demos stage (see :meth:`Spec.dependencies`). A method's name is its Sacred ``name`` (the folder under
 ``results/sacred/<map>/``), so it is unique in the spec; ``(map, method, seed)`` identifies a run.
 """
 from __future__ import annotations
@@ -233,9 +235,21 @@ class Spec:
         return [job for job in self.jobs if isinstance(job, TrainRun)]
 
     def dependencies(self, job: Job) -> list[Job]:
-        """The jobs ``job`` waits for: those of its stage's ``after`` stages on its map."""
-        stage = self.stages[job.stage]
-        return [dep for name in stage.after for dep in self.stages[name].jobs if dep.map_name == job.map_name]
+        """The jobs ``job`` waits for, on its map. Where it reads another stage's outputs it waits only for the
+        jobs that write them: a demos job for the runs whose checkpoints it uses (``used_sources``, not every run
+        of its ``from`` stage), a run for the demos job of its ``demos`` dataset; a run that reads no dataset does
+        not wait for a demos stage at all. Any other ``after`` stage is waited for as a whole."""
+        deps: list[Job] = []
+        for name in self.stages[job.stage].after:
+            on_map = [dep for dep in self.stages[name].jobs if dep.map_name == job.map_name]
+            if isinstance(job, DemosJob) and job.sources and name == job.sources[0].stage:
+                deps.extend(job.used_sources)
+            elif self.stages[name].kind == "demos":
+                reads = isinstance(job, TrainRun) and job.method.demos is not None and job.method.demos.stage == name
+                deps.extend(on_map if reads else [])
+            else:
+                deps.extend(on_map)
+        return deps
 
 
 
