@@ -10,7 +10,7 @@ import numpy as np
 
 from ..multiagentenv import BatchedMultiAgentEnv
 from . import engine
-from .features import FeatureLayout, build_avail_actions, build_obs, build_state
+from .features import FeatureLayout, build_avail_actions, build_obs, build_state, find_invalid_actions
 from .heuristic import SmacHeuristic
 from .maps import ALLY_SPAWN, ENEMY_SPAWN, MAP_SIZE, get_scenario
 from .units import UNIT_TYPES, air_heal_arrays, unit_arrays
@@ -187,6 +187,7 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         self._scratch_prev_health = np.zeros((B, U))
         self._scratch_prev_shield = np.zeros((B, U))
         self._scratch_int = np.zeros((B, U), dtype=np.int64)
+        self._scratch_order = np.zeros((B, U), dtype=np.int64)
         self._obs_cache: np.ndarray | None = None
         self._state_cache: np.ndarray | None = None
         self._frames: list[list[dict]] = [[] for _ in range(B)]
@@ -237,23 +238,22 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
         expected = (self.n_envs, self.n_agents)
         if acts.shape != expected:
             raise ValueError(f"actions must have shape {expected} (n_envs, n_agents), got {acts.shape}.")
-        if acts.dtype == np.bool_ or not np.issubdtype(acts.dtype, np.integer):
+        if acts.dtype.kind not in "iu":  # signed or unsigned integers (not bool)
             raise TypeError(f"actions must be integers (action ids 0..{self.n_actions - 1}), "
                             f"got dtype {acts.dtype}.")
         return acts.astype(np.int64, copy=False)
 
-    def _check_actions(self, actions) -> np.ndarray:
+    def _check_actions(self, actions, active: np.ndarray) -> np.ndarray:
+        """``actions`` as int64 ``[B, N]``; an action out of range or not available to an agent of an
+        ``active`` environment is an error naming the first such agent (out of range first)."""
         acts = self._action_array(actions)
-        live = ~self.terminated
-        bad_range = live[:, None] & ((acts < 0) | (acts >= self.n_actions))
-        if bad_range.any():
-            b, i = np.argwhere(bad_range)[0]
+        out_of_range, unavailable = find_invalid_actions(acts, self.avail, active)
+        if out_of_range >= 0:
+            b, i = divmod(out_of_range, self.n_agents)
             raise ValueError(f"env {b}, agent {i}: action {acts[b, i]} is out of range; actions are "
                              f"0..{self.n_actions - 1} on {self.map_name}.")
-        chosen = np.take_along_axis(self.avail, np.clip(acts, 0, self.n_actions - 1)[..., None], 2)[..., 0]
-        bad = live[:, None] & (chosen == 0)
-        if bad.any():
-            b, i = np.argwhere(bad)[0]
+        if unavailable >= 0:
+            b, i = divmod(unavailable, self.n_agents)
             valid = np.flatnonzero(self.avail[b, i]).tolist()
             raise ValueError(f"env {b}, agent {i}: action {acts[b, i]} ({self.describe_action(acts[b, i], i)}) "
                              f"is not available; available actions: {valid} "
@@ -272,15 +272,14 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
     def step(self, actions):
         """See ``BatchedMultiAgentEnv.step``. With ``heuristic_ai`` SMAC's scripted agents act instead of
         ``actions`` (which then only need the right shape); ``info["actions"]`` holds what they did."""
+        active = ~self.terminated
         if self.heuristic is None:
-            acts = self._check_actions(actions)
+            acts = self._check_actions(actions, active)
         else:
             self._action_array(actions)
-            acts = self.heuristic.actions(self.x, self.y, self.health, self.health_max, self.avail,
-                                          ~self.terminated)
-        active = ~self.terminated
+            acts = self.heuristic.actions(self.x, self.y, self.health, self.health_max, self.avail, active)
         B = self.n_envs
-        reward = np.zeros(B)
+        reward = np.zeros(B, dtype=np.float32)  # the kernel rounds each env's float64 reward into it
         newly_terminated = np.zeros(B, dtype=np.bool_)
         won = np.zeros(B, dtype=np.bool_)
         timeout = np.zeros(B, dtype=np.bool_)
@@ -293,7 +292,7 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
                           self.pathing_grid, ALLY_SPAWN[0], ALLY_SPAWN[1], self.step_mul,
                           float(self.move_amount), self._reward_params, reward, newly_terminated, won,
                           timeout, dead, self._scratch_prev_health, self._scratch_prev_shield,
-                          self._scratch_int)
+                          self._scratch_int, self._scratch_order)
         self.terminated |= newly_terminated
         ended = int(newly_terminated.sum())
         if ended:
@@ -309,7 +308,7 @@ class BatchedStarCraft2Sim(BatchedMultiAgentEnv):
                 "episode_limit": timeout & self.continuing_episode}
         if self.heuristic is not None:
             info["actions"] = acts
-        return reward.astype(np.float32), self.terminated.copy(), info
+        return reward, self.terminated.copy(), info
 
     # ------------------------------------------------------------------ observations
     def get_obs(self) -> np.ndarray:

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+#: The builders below allocate nothing, so they are compiled without Numba's runtime (``_nrt=False``): it
+#: would reference-count every array handed to an inlined helper, with atomic operations (see
+#: ``engine._jit_variant``).
+KERNEL_OPTIONS = dict(cache=True, _nrt=False)
+
 #: SMAC v1 uses one sight and one shoot range for every unit.
 SIGHT_RANGE = 9.0
 SHOOT_RANGE = 6.0
@@ -95,7 +100,7 @@ def _pathable(pathing, cx, cy):
     return 0 <= cx < pathing.shape[0] and 0 <= cy < pathing.shape[1] and pathing[cx, cy]
 
 
-@numba.njit(cache=True)
+@numba.njit(**KERNEL_OPTIONS)
 def build_avail_actions(x, y, health, pathing, n_agents, move_amount, healer, out):
     """SMAC's ``get_avail_agent_actions`` for every agent: ``out`` int32 ``[B, N, 6 + E]``.
 
@@ -133,6 +138,27 @@ def build_avail_actions(x, y, health, pathing, n_agents, move_amount, healer, ou
                         out[b, i, N_ACTIONS_NO_ATTACK + e - n_agents] = 1
 
 
+@numba.njit(**KERNEL_OPTIONS)
+def find_invalid_actions(actions, avail, active):
+    """The first (in row-major order) agent of an ``active`` (bool ``[B]``) environment whose action in
+    ``actions`` (int64 ``[B, N]``) is out of range, and the first whose action is in range but not
+    available in ``avail`` (int32 ``[B, N, A]``): two flat indices into ``[B, N]``, -1 where none."""
+    n_actions = avail.shape[2]
+    out_of_range = -1
+    unavailable = -1
+    for b in range(actions.shape[0]):
+        if not active[b]:
+            continue
+        for i in range(actions.shape[1]):
+            a = actions[b, i]
+            if a < 0 or a >= n_actions:
+                if out_of_range < 0:
+                    out_of_range = b * actions.shape[1] + i
+            elif avail[b, i, a] == 0 and unavailable < 0:
+                unavailable = b * actions.shape[1] + i
+    return out_of_range, unavailable
+
+
 @numba.njit(cache=True, inline="always")
 def _fill_unit_row(out, b, i, o, dist, dx, dy, health, shield, health_max, shield_max, type_col,
                    obs_all_health, shield_bits, type_bits):
@@ -154,7 +180,7 @@ def _fill_unit_row(out, b, i, o, dist, dx, dy, health, shield, health_max, shiel
     return k
 
 
-@numba.njit(cache=True)
+@numba.njit(**KERNEL_OPTIONS)
 def build_obs(x, y, health, shield, health_max, shield_max, type_col, avail, pathing, last_action,
               episode_steps, episode_limit, n_agents, move_amount, type_bits, shield_bits_ally,
               shield_bits_enemy, obs_all_health, obs_own_health, obs_last_action, obs_pathing_grid,
@@ -233,7 +259,7 @@ def build_obs(x, y, health, shield, health_max, shield_max, type_col, avail, pat
                 out[b, i, k + type_col[i]] = 1.0
 
 
-@numba.njit(cache=True)
+@numba.njit(**KERNEL_OPTIONS)
 def build_state(x, y, health, shield, cooldown, energy, health_max, shield_max, max_cooldown, healer,
                 type_col, last_action, episode_steps, episode_limit, n_agents, n_actions, type_bits,
                 shield_bits_ally, shield_bits_enemy, state_last_action, state_timestep_number,
