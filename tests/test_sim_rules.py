@@ -272,7 +272,7 @@ def test_living_units_never_overlap_in_a_battle(map_name):
 
 def test_parallel_kernel_plays_the_same_battles_as_the_serial_one():
     # from PARALLEL_FROM environments on, stepping runs the parallel kernel; environment b's battle
-    # depends only on (seed, b), so the first 31 environments of 32 replay those of a batch of 31
+    # depends only on (seed, b), so the first PARALLEL_FROM - 1 environments replay those of a batch of that size
     from envs.sim.batched_env import PARALLEL_FROM
 
     parallel = BatchedStarCraft2Sim("2s3z", n_envs=PARALLEL_FROM, seed=4)

@@ -688,68 +688,6 @@ def _game_loops(b, n_agents, x, y, health, shield, cooldown, energy, order, orde
                 energy[b, u] = min(energy[b, u] + energy_regen_per_loop[u], energy_max[u])
 
 
-def _step_env_py(b, actions, n_agents, x, y, health, shield, cooldown, order, order_x, order_y,
-                 target, since_damage, fired_at, keys, episode_steps, death_tracker, last_action, radius,
-                 speed, weapon_range, scan_range, damage, bonus, bonus_attribute, attributes, attacks,
-                 armor, cooldown_loops, shield_max, damage_point_loops, missile_speed,
-                 strike_interval_loops, air_heal, flying, hits_air, threat, healer, heal_per_loop,
-                 health_max, energy_max, energy_regen_per_loop, energy, swing_target, swing_phase,
-                 swing_timer, swing_hits, leash_x, leash_y, returning, help_timer, flags, pathing, attack_x,
-                 attack_y, step_mul, move_amount, rp, out_reward, out_terminated, out_won, out_timeout,
-                 out_dead, prev_health, prev_shield, scratch_int, scratch_order):
-    """Advance environment ``b`` by one agent step; the other arguments are those of ``step_envs_*``."""
-    n_units = x.shape[1]
-    st = UnitArrays(radius, speed, weapon_range, scan_range, damage, bonus, bonus_attribute, attributes,
-                    attacks, armor, cooldown_loops, shield_max, damage_point_loops, missile_speed,
-                    strike_interval_loops)
-    ah = AirHealArrays(air_heal, flying, hits_air, threat, healer, heal_per_loop, health_max, energy_max,
-                       energy_regen_per_loop)
-    attack_point = (attack_x, attack_y)
-    for i in range(n_agents):
-        last_action[b, i] = actions[b, i]
-        a = actions[b, i]
-        if health[b, i] <= 0 or a == 0:
-            continue
-        if a >= 6:
-            # a healer's actions 6 + j heal ally j; the game refuses an attack its weapon cannot make
-            # (a marauder on a medivac): the unit keeps its current order
-            t = a - 6 if healer[i] else n_agents + a - 6
-            if flying[t] and not hits_air[i] and not healer[i]:
-                continue
-            if not _attacking(order, target, b, i, t):
-                _cancel_swing(swing_phase, cooldown, b, i)
-            order[b, i] = ORDER_ATTACK
-            target[b, i] = t
-            continue
-        _cancel_swing(swing_phase, cooldown, b, i)
-        if a == 1:
-            order[b, i] = ORDER_IDLE
-            target[b, i] = -1
-        else:
-            order[b, i] = ORDER_MOVE
-            target[b, i] = -1
-            order_x[b, i] = x[b, i] + _DIRECTIONS[a - 2][0] * move_amount
-            order_y[b, i] = y[b, i] + _DIRECTIONS[a - 2][1] * move_amount
-    for u in range(n_units):
-        prev_health[b, u] = health[b, u]
-        prev_shield[b, u] = shield[b, u]
-        fired_at[b, u] = -1
-    _game_loops(b, n_agents, x, y, health, shield, cooldown, energy, order, order_x, order_y, target,
-                since_damage, fired_at, (keys[b], episode_steps[b] * step_mul, step_mul), st, ah,
-                swing_target, swing_phase, swing_timer, swing_hits, leash_x, leash_y, returning,
-                help_timer, flags, pathing, attack_point, scratch_int, scratch_order)
-    episode_steps[b] += 1
-    reward = battle_reward(prev_health, prev_shield, health, shield, death_tracker, b, n_agents,
-                           rp[0] > 0, rp[1], rp[2])
-    _finish_step(b, n_agents, health, healer, air_heal, episode_steps, reward, rp, out_reward,
-                 out_terminated, out_won, out_timeout, out_dead)
-
-
-#: One environment's step, a plain (not inlined) call from both step kernels: the serial and the parallel
-#: build share this one compiled body (compiled once, and without Numba's runtime, see ``_jit_variant``).
-_step_env = numba.njit(cache=True, error_model="numpy", _nrt=False)(_step_env_py)
-
-
 def _step_envs_py(actions, active, n_agents, x, y, health, shield, cooldown, order, order_x, order_y,
                   target, since_damage, fired_at, keys, episode_steps, death_tracker, last_action, radius,
                   speed, weapon_range, scan_range, damage, bonus, bonus_attribute, attributes, attacks,
@@ -772,17 +710,54 @@ def _step_envs_py(actions, active, n_agents, x, y, health, shield, cooldown, ord
     ``_finish_step``. ``prev_health``, ``prev_shield`` (float64), ``scratch_int`` and ``scratch_order``
     (int64), all ``[B, U]``, are scratch space.
     """
+    n_units = x.shape[1]
+    st = UnitArrays(radius, speed, weapon_range, scan_range, damage, bonus, bonus_attribute, attributes,
+                    attacks, armor, cooldown_loops, shield_max, damage_point_loops, missile_speed,
+                    strike_interval_loops)
+    ah = AirHealArrays(air_heal, flying, hits_air, threat, healer, heal_per_loop, health_max, energy_max,
+                       energy_regen_per_loop)
+    attack_point = (attack_x, attack_y)
     for b in numba.prange(x.shape[0]):
-        if active[b]:
-            _step_env(b, actions, n_agents, x, y, health, shield, cooldown, order, order_x, order_y,
-                      target, since_damage, fired_at, keys, episode_steps, death_tracker, last_action,
-                      radius, speed, weapon_range, scan_range, damage, bonus, bonus_attribute, attributes,
-                      attacks, armor, cooldown_loops, shield_max, damage_point_loops, missile_speed,
-                      strike_interval_loops, air_heal, flying, hits_air, threat, healer, heal_per_loop,
-                      health_max, energy_max, energy_regen_per_loop, energy, swing_target, swing_phase,
-                      swing_timer, swing_hits, leash_x, leash_y, returning, help_timer, flags, pathing,
-                      attack_x, attack_y, step_mul, move_amount, rp, out_reward, out_terminated, out_won,
-                      out_timeout, out_dead, prev_health, prev_shield, scratch_int, scratch_order)
+        if not active[b]:
+            continue
+        for i in range(n_agents):
+            last_action[b, i] = actions[b, i]
+            a = actions[b, i]
+            if health[b, i] <= 0 or a == 0:
+                continue
+            if a >= 6:
+                # a healer's actions 6 + j heal ally j; the game refuses an attack its weapon cannot make
+                # (a marauder on a medivac): the unit keeps its current order
+                t = a - 6 if healer[i] else n_agents + a - 6
+                if flying[t] and not hits_air[i] and not healer[i]:
+                    continue
+                if not _attacking(order, target, b, i, t):
+                    _cancel_swing(swing_phase, cooldown, b, i)
+                order[b, i] = ORDER_ATTACK
+                target[b, i] = t
+                continue
+            _cancel_swing(swing_phase, cooldown, b, i)
+            if a == 1:
+                order[b, i] = ORDER_IDLE
+                target[b, i] = -1
+            else:
+                order[b, i] = ORDER_MOVE
+                target[b, i] = -1
+                order_x[b, i] = x[b, i] + _DIRECTIONS[a - 2][0] * move_amount
+                order_y[b, i] = y[b, i] + _DIRECTIONS[a - 2][1] * move_amount
+        for u in range(n_units):
+            prev_health[b, u] = health[b, u]
+            prev_shield[b, u] = shield[b, u]
+            fired_at[b, u] = -1
+        _game_loops(b, n_agents, x, y, health, shield, cooldown, energy, order, order_x, order_y, target,
+                    since_damage, fired_at, (keys[b], episode_steps[b] * step_mul, step_mul), st, ah,
+                    swing_target, swing_phase, swing_timer, swing_hits, leash_x, leash_y, returning,
+                    help_timer, flags, pathing, attack_point, scratch_int, scratch_order)
+        episode_steps[b] += 1
+        reward = battle_reward(prev_health, prev_shield, health, shield, death_tracker, b, n_agents,
+                               rp[0] > 0, rp[1], rp[2])
+        _finish_step(b, n_agents, health, healer, air_heal, episode_steps, reward, rp, out_reward,
+                     out_terminated, out_won, out_timeout, out_dead)
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
