@@ -247,7 +247,8 @@ def test_compiling_the_kernels_is_announced_and_timed(monkeypatch, caplog):
         get_obs = get_state = close = lambda self: None
 
     console = logging.getLogger("dm2-test-compile")
-    cfg = load_config("qmix", "sc2", {"seed": 1, "env_args.backend": "sim", "batch_size_run": 8, "test_nepisode": 32})
+    cfg = load_config("qmix", "sc2", {"seed": 1, "env_args.backend": "sim", "batch_size_run": 8,
+                                      "test_nepisode": batched_env.PARALLEL_FROM})
     monkeypatch.setattr(run_module, "COMPILE_NOTICE_AFTER_S", 0.1)
     monkeypatch.setattr(batched_env, "BatchedStarCraft2Sim", SlowSim)
     try:
@@ -256,7 +257,8 @@ def test_compiling_the_kernels_is_announced_and_timed(monkeypatch, caplog):
     finally:
         del engine.spawn_envs._cache_misses[("test",)]
     messages = [record.getMessage() for record in caplog.records]
-    assert built == [1, 32]  # the serial kernel (8 training envs) and the parallel one (32 test envs)
+    # the serial kernel (8 training envs) and the parallel one (PARALLEL_FROM test envs)
+    assert built == [1, batched_env.PARALLEL_FROM]
     assert len(messages) == 2 and messages[0].startswith("Compiling the embedded simulator's Numba kernels: once "
                                                          "after installing or changing src/envs/sim, then cached in")
     assert messages[1].startswith("Compiled the simulator's kernels in 0.") and "later runs load them" in messages[1]
