@@ -153,7 +153,7 @@ def draw_learning_curves(figure: Figure, curves: Mapping[tuple[str, str], Any], 
         fig.legend([h for h, _ in handles.values()], [lab for _, lab in handles.values()], loc="outside lower center",
                    ncol=min(len(handles), 4), fontsize="small", frameon=False)
     fig.suptitle(figure.title)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")  # a one-panel figure is narrower than its title and legend
     return path
 
 
@@ -171,5 +171,5 @@ def draw_profiles(profiles: Mapping[str, np.ndarray], cis: Mapping[str, np.ndarr
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     ax.set_title(title)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")  # a one-panel figure is narrower than its title and legend
     return path
