@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .features import battle_reward
+from .features import KERNEL_OPTIONS, battle_reward
 from .units import (
     ACQUIRE_LEASH_RADIUS, ACQUIRE_LEASH_RESET_RADIUS, CALL_FOR_HELP_PERIOD_LOOPS, CALL_FOR_HELP_RADIUS,
     ATTRIBUTE_BIOLOGICAL, HEAL_AUTOCAST_MIN_ENERGY, HEAL_ENERGY_PER_LIFE, MIN_DAMAGE,
@@ -814,12 +814,12 @@ def _jit_variant(fn, name: str, parallel: bool):
     """Compile ``fn`` under its own name, so the serial and parallel builds get separate cache files.
 
     The step allocates nothing (its scratch space comes in as arguments), so it is compiled without
-    Numba's runtime (``_nrt=False``): with it, every array handed to an inlined helper is reference
+    Numba's runtime (``features.KERNEL_OPTIONS``: ``_nrt=False``): with it, every array handed to an inlined helper is reference
     counted with atomic operations on every call, which cost more than the helpers' own work (an enemy's
     target scan 1,070 ns per game loop with them, 60 ns without; the serial step about 3x slower)."""
     clone = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     clone.__qualname__ = name
-    return numba.njit(parallel=parallel, cache=True, error_model="numpy", _nrt=False)(clone)
+    return numba.njit(parallel=parallel, error_model="numpy", **KERNEL_OPTIONS)(clone)
 
 
 #: The step kernel spread over all cores (large batches) and on one core (small batches).

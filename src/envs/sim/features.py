@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-#: The builders below allocate nothing, so they are compiled without Numba's runtime (``_nrt=False``): it
-#: would reference-count every array handed to an inlined helper, with atomic operations (see
+#: Options of every simulator kernel (these builders and ``engine``'s step). They allocate nothing, so they are
+#: compiled without Numba's runtime (``_nrt=False``, a private option: requirements.txt pins Numba's minor
+#: versions): it would reference-count every array handed to an inlined helper, with atomic operations (see
 #: ``engine._jit_variant``).
 KERNEL_OPTIONS = dict(cache=True, _nrt=False)
 
