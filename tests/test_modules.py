@@ -7,6 +7,7 @@ from torch import nn
 
 from alg_helpers import make_cfg
 from modules import agents, critics, discriminators, lookup, mixers
+from modules.activations import tanh, tanh_via_sigmoid
 from modules.ln_rnn import LayerNormRNN
 from modules.stacked import (StackedGRU, StackedLayerNorm, StackedLinear, _GRUSequenceFunction,
                              clip_grad_norm_per_stack)
@@ -116,6 +117,18 @@ def test_gru_sequence_backward_matches_autograd_for_every_input():
     gru(x, torch.zeros(1, 2, 4, dtype=torch.double), stacks=slice(1, 2)).pow(2).sum().backward()
     assert gru.weight_hh.grad[1].abs().sum() > 0
     assert gru.weight_hh.grad[0].eq(0).all() and gru.weight_hh.grad[2].eq(0).all()
+
+
+def test_fast_tanh_equals_torch_tanh_in_value_and_gradient():
+    x = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor([0.0, -0.0, 1e-8, -1e-8, float("inf"), -float("inf")])])
+    torch.testing.assert_close(tanh_via_sigmoid(x), torch.tanh(x), atol=3e-7, rtol=0)
+    x.requires_grad_(True)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad((tanh(x) * weights).sum(), x)
+    (expected,) = torch.autograd.grad((torch.tanh(x) * weights).sum(), x)
+    torch.testing.assert_close(grad, expected, atol=1e-6, rtol=0)
+    out = torch.empty(3)
+    assert tanh_via_sigmoid(torch.zeros(3), out=out) is out and out.abs().max() == 0
 
 
 def test_clip_grad_norm_per_stack_equals_separate_clipping():

@@ -1,13 +1,15 @@
 """DM²'s per-agent discriminator: ``FC(H) + Tanh -> FC(H) + Tanh -> FC(1)`` (a logit), K unshared stacks.
 
 The reference (a GAIL discriminator as in Kostrikov's PyTorch GAIL) uses this network with PyTorch's
-default ``nn.Linear`` initialisation, which :class:`modules.stacked.StackedLinear` reproduces per stack.
+default ``nn.Linear`` initialisation, which :class:`modules.stacked.StackedLinear` reproduces per stack. Its tanh
+is :func:`modules.activations.tanh` (the same function, about 7x faster on CPU).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from modules.activations import tanh
 from modules.stacked import ALL_STACKS, StackedLinear
 
 
@@ -23,8 +25,8 @@ class MLPDiscriminator(nn.Module):
         self.head = StackedLinear(n_stacks, hidden, 1)
 
     def forward(self, x: torch.Tensor, stacks: slice = ALL_STACKS) -> torch.Tensor:
-        z = torch.tanh(self.fc1(x, stacks=stacks))
-        z = torch.tanh(self.fc2(z, stacks=stacks))
+        z = tanh(self.fc1(x, stacks=stacks))
+        z = tanh(self.fc2(z, stacks=stacks))
         return self.head(z, stacks=stacks).squeeze(-1)
 
     def input_gradient(self, x: torch.Tensor, stacks: slice = ALL_STACKS) -> torch.Tensor:
@@ -35,8 +37,8 @@ class MLPDiscriminator(nn.Module):
         hidden activations, so that penalising it needs one ordinary backward pass instead of autograd's
         double backward (``create_graph=True``): same values, about half the time.
         """
-        h1 = torch.tanh(self.fc1(x, stacks=stacks))
-        h2 = torch.tanh(self.fc2(h1, stacks=stacks))
+        h1 = tanh(self.fc1(x, stacks=stacks))
+        h2 = tanh(self.fc2(h1, stacks=stacks))
         g2 = (1 - h2 * h2) * self.head.weight[stacks].transpose(1, 2)           # [K, M, H]
         g1 = torch.bmm(g2, self.fc2.weight[stacks].transpose(1, 2)) * (1 - h1 * h1)
         return torch.bmm(g1, self.fc1.weight[stacks].transpose(1, 2))
