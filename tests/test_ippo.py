@@ -133,8 +133,11 @@ def test_first_epoch_reproduces_the_behaviour_policy(bptt, chunk, monkeypatch):
     assert logp.shape == old_logp.shape == expected.shape
     c_real = c_real.expand_as(logp)
     assert int(c_real.sum()) == 3 * int(real.sum())
-    torch.testing.assert_close(old_logp[c_real], expected[c_real], rtol=0, atol=1e-6)
-    torch.testing.assert_close(logp[c_real], expected[c_real], rtol=0, atol=1e-6)
+    # up to float rounding: the rollout's and the training's batches round the GRU's gates differently by an ulp,
+    # which the peaked head (gain 5) turns into a few 1e-6 of log-probability; a wrong hidden state, input or action
+    # is off by far more
+    torch.testing.assert_close(old_logp[c_real], expected[c_real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logp[c_real], expected[c_real], rtol=0, atol=1e-5)
 
 
 def test_ippo_rejects_a_batch_without_the_acting_policy_records():

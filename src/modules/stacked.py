@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules.activations import tanh_via_sigmoid
+
 
 def _orthogonal_stack_(weight: torch.Tensor, gain: float) -> None:
     """Orthogonal init of each stack's ``[in, out]`` slice, as ``nn.init.orthogonal_`` does on the
@@ -168,11 +170,12 @@ def _gates_forward(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, rz_out: 
 
         r, z = σ(gi_rz + gh_rz);  n = tanh(gi_n + r ⊙ gh_n);  h' = (1 - z) ⊙ n + z ⊙ h
 
-    Returns ``(h' [..., H], rz [..., 2H], n [..., H])``, written into the ``*_out`` tensors when given.
+    (the tanh as ``2 σ(2a) - 1``, :func:`modules.activations.tanh_via_sigmoid`). Returns ``(h' [..., H], rz [..., 2H], n [..., H])``, written into the ``*_out`` tensors when given.
     """
     hd = h.shape[-1]
     rz = torch.sigmoid(gi[..., : 2 * hd] + gh[..., : 2 * hd], out=rz_out)
-    n = torch.tanh(torch.addcmul(gi[..., 2 * hd:], rz[..., :hd], gh[..., 2 * hd:]), out=n_out)
+    pre_n = torch.addcmul(gi[..., 2 * hd:], rz[..., :hd], gh[..., 2 * hd:], out=n_out)
+    n = tanh_via_sigmoid(pre_n, out=pre_n)
     return torch.lerp(n, h, rz[..., hd:], out=h_out), rz, n
 
 
