@@ -15,8 +15,8 @@ import demo_pipeline as dp
 import envs
 from alg_helpers import make_cfg
 from components.demonstrations import (ARRAYS, FORMAT, OBS_FLAGS, VERSION, DemonstrationError, Demonstrations,
-                                       _checksum, describe, load_demonstrations, make_demonstrations,
-                                       save_demonstrations)
+                                       _checksum, describe, episodes_digest, load_demonstrations,
+                                       make_demonstrations, save_demonstrations, stored_checksum)
 from runners.episode_runner import EpisodeRunner
 from utils.checkpoint import save_checkpoint
 
@@ -165,6 +165,22 @@ def test_make_demonstrations_from_arrays(tmp_path):
     np.testing.assert_array_equal(back.won, d.won)
     assert back.meta == d.meta and "custom demonstrations on 2m_vs_1z" in describe(back)
     back.check_compatible("2m_vs_1z", {"n_agents": 2, "obs_shape": 5}, {"obs_last_action": True})
+
+
+def test_episodes_digest_compares_the_episodes_not_the_provenance(tmp_path):
+    """The same episodes saved at another time, path and commit: same episodes digest, different stored checksum
+    (it covers the metadata); one changed observation changes the digest."""
+    rng = np.random.default_rng(0)
+    d = make_demonstrations(rng.standard_normal((2, 3, 4, 5)), [[4, 2, 1], [3, 3, 4]], map_name="2m_vs_1z",
+                            n_actions=7, episode_limit=10, seed=11)
+    first = save_demonstrations(str(tmp_path / "a.npz"), d)
+    d.meta["created"] = "2030-01-01T00:00:00+00:00"
+    second = save_demonstrations(str(tmp_path / "b.npz"), d)
+    assert stored_checksum(first) != stored_checksum(second)
+    a, b = load_demonstrations(first), load_demonstrations(second)
+    assert episodes_digest(a) == episodes_digest(b) and episodes_digest(a) in describe(a)
+    b.obs[1, 0, 0, 0] += 1.0
+    assert episodes_digest(a) != episodes_digest(b)
 
 
 def test_overwrite_is_refused(tmp_path):

@@ -276,14 +276,26 @@ def _meta_json(meta: dict, path: str | None) -> str:
         raise DemonstrationError(f"{_where(path)}: metadata cannot be stored as JSON ({exc}).") from None
 
 
-def _checksum(arrays: Mapping[str, np.ndarray], meta_json: str) -> str:
+def _arrays_hash(arrays: Mapping[str, np.ndarray]):
     digest = hashlib.sha256()
     for name in ARRAYS:
         a = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         digest.update(memoryview(a).cast("B"))
+    return digest
+
+
+def _checksum(arrays: Mapping[str, np.ndarray], meta_json: str) -> str:
+    digest = _arrays_hash(arrays)
     digest.update(meta_json.encode())
     return digest.hexdigest()
+
+
+def episodes_digest(demos: Demonstrations) -> str:
+    """SHA-256 of the dataset's arrays only (observations, actions, lengths, wins), not its metadata: equal for
+    the same episodes recorded at another time, path or commit (the stored checksum covers the metadata too),
+    so datasets made on two machines can be compared."""
+    return _arrays_hash({name: getattr(demos, name) for name in ARRAYS}).hexdigest()
 
 
 def save_demonstrations(path: str, demos: Demonstrations) -> str:
@@ -416,4 +428,5 @@ def describe(demos: Demonstrations) -> str:
     for i, slot in enumerate(m["slots"]):
         lines.append(f"  slot {i}: agent {slot.get('agent')} of {slot.get('checkpoint')} (t_env {slot.get('t_env')})")
     lines.append(f"  created {m['created']}, dm2 commit {m['dm2_commit']}")
+    lines.append(f"  episodes digest (arrays only, comparable across machines) {episodes_digest(demos)}")
     return "\n".join(lines)
