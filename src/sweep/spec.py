@@ -241,14 +241,12 @@ class Spec:
         not wait for a demos stage at all. Any other ``after`` stage is waited for as a whole."""
         deps: list[Job] = []
         for name in self.stages[job.stage].after:
-            on_map = [dep for dep in self.stages[name].jobs if dep.map_name == job.map_name]
             if isinstance(job, DemosJob) and job.sources and name == job.sources[0].stage:
                 deps.extend(job.used_sources)
-            elif self.stages[name].kind == "demos":
-                reads = isinstance(job, TrainRun) and job.method.demos is not None and job.method.demos.stage == name
-                deps.extend(on_map if reads else [])
-            else:
-                deps.extend(on_map)
+                continue
+            reads = isinstance(job, TrainRun) and job.method.demos is not None and job.method.demos.stage == name
+            if self.stages[name].kind != "demos" or reads:
+                deps.extend(dep for dep in self.stages[name].jobs if dep.map_name == job.map_name)
         return deps
 
 
