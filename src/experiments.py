@@ -3,6 +3,8 @@
     python src/experiments.py run experiments/quick.yaml                 # plan, then run N at a time here
     python src/experiments.py run experiments/quick.yaml --dry-run       # the plan and every command, nothing run
     python src/experiments.py run experiments/paper_fig2.yaml --ray auto # one Ray task per run on a cluster
+    python src/experiments.py run experiments/dm2_check.yaml --from results/experiments/quick
+                                                                         # start from another study's runs
     python src/experiments.py status experiments/quick.yaml              # every job's state, failures' log tails
     python src/experiments.py report experiments/quick.yaml              # figures, statistics, claims: report.md
 
@@ -26,6 +28,7 @@ from sweep.layout import Layout  # noqa: E402
 from sweep.plan import format_plan, make_plan  # noqa: E402
 from sweep.progress import progress_line  # noqa: E402
 from sweep.ray_executor import RayExecutor, RaySetupError  # noqa: E402
+from sweep.reuse import ReuseError, check_sources, copy_jobs, match_jobs  # noqa: E402
 from sweep.spec import SpecError, TrainRun, load_spec  # noqa: E402
 from sweep.state import (DONE, FAILED, StudyLocked, job_state, log_tail, models_dirs, read_lock,  # noqa: E402
                          read_progress)
@@ -61,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, help="torch (and simulator) threads per job (default: cores / "
                                                      "--parallel, at least 1; with --ray: 1)")
     p.add_argument("--retry-failed", action="store_true", help="rerun failed jobs (from their last checkpoint)")
+    p.add_argument("--from", dest="reuse_from", metavar="STUDY_DIR",
+                   help="start this (new) study with the jobs another study directory has with the same settings "
+                        "(a run's t_max may grow: it goes on from its checkpoint); hard links, the other study "
+                        "is left as it was")
     p.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                    help="seconds between progress lines (default %(default)s)")
     g = p.add_argument_group("Ray (pip install ray; see docs/experiments.md)")
@@ -118,7 +125,8 @@ def cmd_run(args) -> int:
     layout = Layout(spec.study_dir)
     parallel = args.parallel or cores()
     threads = args.threads or (1 if args.ray else max(1, cores() // parallel))
-    states = [job_state(layout, job) for job in spec.jobs]
+    reused = _reuse(args.reuse_from, spec, layout, args.dry_run) if args.reuse_from else {}
+    states = [job_state(reused.get(job.key, layout), job) for job in spec.jobs]
     throughput = Throughput.load(layout.throughput)
     if args.dry_run:
         print(format_plan(make_plan(spec, states, throughput, parallel, threads, args.retry_failed)))
@@ -136,6 +144,23 @@ def cmd_run(args) -> int:
     runner = Runner(spec, layout, executor, throughput, threads, states, args.retry_failed,
                     progress_seconds=args.progress_every)
     return runner.run()
+
+
+def _reuse(source_dir: str, spec, layout: Layout, dry_run: bool) -> dict[str, Layout]:
+    """``run --from``: bring the other study's matching jobs into this one (with ``dry_run`` only say which);
+    returns where each reused job's state is to be read until then (``{key: the other study's layout}``)."""
+    source = Layout(source_dir)
+    check_sources(source, layout)
+    match = match_jobs(load_spec(source.spec_copy, study_dir=source_dir), spec)
+    print(f"From {source_dir}: {len(match.reused)} of {len(spec.jobs)} jobs have the same settings there"
+          + (" and would be reused (hard links; the other study is left as it was)." if dry_run else "."))
+    for line in match.differ:
+        print(f"  not reused, other settings: {line}")
+    if dry_run:
+        return {job.key: source for job in match.reused}
+    brought = copy_jobs(source, layout, match.reused)
+    print(f"Reused {brought} of them (the others had not started there).", flush=True)
+    return {}
 
 
 def _shown_command(state, layout: Layout, threads: int) -> str:
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": cmd_run, "status": cmd_status, "report": cmd_report}[args.command](args)
-    except (SpecError, StudyLocked, RaySetupError) as exc:
+    except (SpecError, StudyLocked, RaySetupError, ReuseError) as exc:
         print(f"experiments: error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ The command line is ``src/experiments.py``; the guide is ``docs/experiments.md``
 - :mod:`sweep.layout`: where a study keeps its results, logs, demonstrations, state and report;
 - :mod:`sweep.commands`: the ``src/main.py`` / ``src/demos.py`` command line of a job;
 - :mod:`sweep.state`: what is on disk for each job (done, resumable, failed), attempts and the driver lock;
+- :mod:`sweep.reuse`: starting a study with another study's jobs of the same settings (``run --from``);
 - :mod:`sweep.throughput`: measured env steps/s per algorithm and map, updated from finished runs' logs;
 - :mod:`sweep.plan`: the plan (runs, env steps) and its estimated time, by simulating the schedule;
 - :mod:`sweep.progress`: the live progress line;
