@@ -42,7 +42,7 @@ from typing import Any, Sequence
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 from docopt import docopt  # noqa: E402
-from sacred import Experiment  # noqa: E402
+from sacred import SETTINGS, Experiment  # noqa: E402
 from sacred.arg_parser import get_config_updates  # noqa: E402
 from sacred.config.config_files import HANDLER_BY_EXT, load_config_file  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
@@ -162,6 +162,13 @@ class _SetupRecorder(logging.Handler):
     @property
     def text(self) -> str:
         return "".join(self.lines)
+
+
+#: Sacred captures the run's console output at the Python level. Its default ("fd") pipes it through two ``tee``
+#: processes and gives them 1 s to finish when the run ends: on a loaded machine they can be cut off, and the run's
+#: last lines ("Finished training ...") were missing from cout.txt. Everything a run prints goes through
+#: ``sys.stdout`` / ``sys.stderr`` (the console logger writes to the current ``sys.stdout``).
+SETTINGS.CAPTURE_MODE = "sys"
 
 
 def build_experiment(cfg: Config, prepared: PreparedRun | None = None, setup_output: str = "") -> Experiment:

@@ -213,6 +213,7 @@ def test_sacred_run_directory(original):
     started = next(i for i, line in enumerate(cout) if "Started run with ID" in line)
     assert any("Environment backend: sim (the embedded simulator)" in line for line in cout[:started])
     assert any("Finished training" in line for line in cout[started:])
+    assert "Completed after" in cout[-1]  # to the run's very last line, however loaded the machine
     steps = sorted(int(s) for s in os.listdir(models))
     assert len(steps) >= 2 and steps[-1] == metrics["episode"]["steps"][-1]
     assert all(os.listdir(models / str(s)) == [CHECKPOINT_FILE] for s in steps)

@@ -12,11 +12,27 @@ import numpy as np
 EPISODE_STATS = ("return", "battle_won", "ep_length", "dead_allies", "dead_enemies")
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` is at the time, so that Sacred's Python-level output capture
+    (which replaces ``sys.stdout`` while a run lasts) sees every line."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler sets it; the current sys.stdout always wins
+        pass
+
+
 def get_console_logger(name: str = "dm2") -> logging.Logger:
     """A logger printing ``[INFO 12:34:56] dm2 message`` to stdout (which Sacred captures into cout.txt)."""
     logger = logging.getLogger(name)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("[%(levelname)s %(asctime)s] %(name)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.propagate = False
