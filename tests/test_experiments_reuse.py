@@ -43,8 +43,9 @@ def old_study(tmp_path):
         end_attempt(layout, runs[key], 0 if key != "3m/expert_ippo/seed2" else 143)
     demos = next(job for job in spec.jobs if job.key == "demos/3m")
     os.makedirs(layout.demos_dir(demos))
-    for name in (*demos.files, "summary"):
-        (tmp_path / "old" / "demos" / "demos" / "3m" / f"{name}.{'json' if name == 'summary' else 'npz'}").write_text("{}")
+    for file in (*(f"{name}.npz" for name in demos.files), "summary.json"):
+        with open(os.path.join(layout.demos_dir(demos), file), "w") as f:
+            f.write("{}")
     (tmp_path / "old" / "spec.yaml").write_text(textwrap.dedent(GOOD.format(results=tmp_path / "old")))
     return layout
 

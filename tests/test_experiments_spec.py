@@ -95,8 +95,9 @@ def test_the_shipped_specs_expand(name, runs, jobs):
 
 
 def test_the_dm2_check_continues_the_quick_study():
-    """dm2_check reuses a copied quick study: the same experts and demonstrations (same job, same settings), and the
-    quick study's fig2 DM² and IPPO runs under the same keys, so they go on from their 1M-step checkpoints."""
+    """dm2_check reuses a quick study (``run --from``): the same experts and demonstrations (same job, same
+    settings), and the quick study's fig2 DM² and IPPO runs under the same keys, so they go on from their 1M-step
+    checkpoints."""
     quick = load_spec(os.path.join(EXPERIMENTS, "quick.yaml"))
     check = load_spec(os.path.join(EXPERIMENTS, "dm2_check.yaml"))
     shared_stages = ("experts", "demos_fig2")
